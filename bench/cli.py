@@ -1,0 +1,62 @@
+"""Command line: ``python -m bench run CONFIG [--out DIR] [--set key=value ...] [--retrain]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.config import ConfigError, load_config
+from bench.data import DataError
+from methods.checkpoint import CheckpointError
+from methods.registry import UnknownMethodError
+from methods.training import NonFiniteLossError
+
+# Errors that are the user's input, not a bug: one line and exit 2, never a traceback.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, UnknownMethodError, NonFiniteLossError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train or load every model, sample, measure, report")
+    r.add_argument("config", type=Path, help="YAML config, e.g. bench.yaml")
+    r.add_argument("--out", type=Path, default=None, help="run folder (default results/NAME-TIME)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set eval.num_samples=1000",
+    )
+    r.add_argument("--retrain", action="store_true", help="ignore the checkpoint cache")
+    rep = sub.add_parser("report", help="regenerate report.md from a run folder")
+    rep.add_argument("run_dir", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            from bench.runner import run
+
+            cfg = load_config(args.config, args.overrides)
+            run(cfg, args.config, args.out, args.retrain)
+        elif args.command == "report":
+            from bench.report import write
+
+            if not (args.run_dir / "results.csv").is_file():
+                raise ConfigError(f"{args.run_dir}: not a run folder (no results.csv)")
+            print(write(args.run_dir))
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        print(f"error: cannot write {e.filename}: permission denied", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

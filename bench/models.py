@@ -1,0 +1,137 @@
+"""Train each model once, or load it from a checkpoint cache keyed by the config that made it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.config import BenchConfig, config_hash
+from bench.data import Splits
+from bench.metrics import classifier_accuracy, train_domain_classifier
+from methods import checkpoint
+from methods.biflow import ReverseModel, biflow_losses
+from methods.tarflow import TarFlow
+from methods.training import train
+
+# Bump when a change to the code makes old checkpoints of the same config mean something else.
+CODE_VERSION = 1
+
+
+class ModelStore:
+    """Lazily provides the trained models a run needs; records how each was obtained."""
+
+    def __init__(
+        self,
+        cfg: BenchConfig,
+        splits: Splits,
+        cache_dir: Path,
+        device: torch.device,
+        retrain: bool = False,
+    ) -> None:
+        self.cfg, self.splits, self.cache_dir = cfg, splits, cache_dir
+        self.device, self.retrain = device, retrain
+        self.records: dict[str, dict] = {}
+        self._models: dict[str, nn.Module] = {}
+
+    def get(self, name: str) -> nn.Module:
+        if name not in self._models:
+            self._models[name] = {"flow": self._flow, "reverse": self._reverse}[name]()
+        return self._models[name]
+
+    def _shape(self) -> dict[str, int]:
+        return {"channels": self.splits.channels, "image_size": self.splits.image_size}
+
+    def _key(self, kind: str, *parts: object) -> str:
+        data = asdict(self.cfg.data)
+        return f"{kind}-{config_hash(kind, CODE_VERSION, data, self._shape(), *parts)}"
+
+    def _obtain(self, kind: str, key: str, model: nn.Module, spec: dict, fit) -> nn.Module:
+        path = self.cache_dir / f"{key}.pt"
+        if path.exists() and not self.retrain:
+            meta = checkpoint.load(path, kind, spec, model)
+            source = "cache"
+        else:
+            torch.manual_seed(0)
+            meta = fit()
+            checkpoint.save(path, kind, spec, model, meta)
+            source = "trained"
+        self.records[kind] = {
+            "source": source,
+            "checkpoint": str(path),
+            "params": sum(p.numel() for p in model.parameters()),
+            **{k: v for k, v in meta.items() if k != "loss_history"},
+            "loss_history": meta.get("loss_history", [])[-20:],
+        }
+        return model.to(self.device).eval().requires_grad_(False)
+
+    def _flow(self) -> TarFlow:
+        cfg = self.cfg
+        key = self._key("tarflow", cfg.tarflow, cfg.tarflow_train)
+        torch.manual_seed(cfg.tarflow_train.seed)
+        flow = TarFlow(cfg.tarflow, self.splits.channels, self.splits.image_size)
+        spec = checkpoint.spec_of(cfg.tarflow, **self._shape())
+
+        def fit() -> dict:
+            flow.to(self.device)
+
+            def loss(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+                eps = torch.randn(x.shape, generator=g).to(x.device)
+                return flow.nll_loss(x + cfg.tarflow.noise_std * eps)
+
+            return train(flow, loss, self.splits.train, cfg.tarflow_train, "tarflow", self.device)
+
+        self._flow_key = key
+        return self._obtain("tarflow", key, flow, spec, fit)
+
+    def _reverse(self) -> ReverseModel:
+        cfg = self.cfg
+        flow = self.get("flow")
+        key = self._key("biflow", self._flow_key, cfg.biflow, cfg.biflow_train)
+        torch.manual_seed(cfg.biflow_train.seed)
+        g = ReverseModel(cfg.biflow, flow.tokens, flow.dim, cfg.tarflow.blocks)
+        spec = checkpoint.spec_of(
+            cfg.biflow,
+            tokens=flow.tokens,
+            dim=flow.dim,
+            flow_blocks=cfg.tarflow.blocks,
+            flow=self._flow_key,
+        )
+
+        def fit() -> dict:
+            g.to(self.device)
+            return train(
+                g,
+                lambda x, gen: biflow_losses(g, flow, x, gen)["loss"],
+                self.splits.train,
+                cfg.biflow_train,
+                "biflow reverse",
+                self.device,
+            )
+
+        return self._obtain("biflow", key, g, spec, fit)
+
+    def classifier(self) -> tuple[Path, float]:
+        """Path of the domain classifier (trained or cached) and its held-out accuracy."""
+        s, cfg = self.splits, self.cfg.classifier
+        if s.train_labels is None:
+            raise ValueError(
+                "the domain feature extractor needs class labels: put the images of each class "
+                "in a subfolder of data.root"
+            )
+        path = self.cache_dir / f"{self._key('domain', cfg)}.pt"
+        if path.exists() and not self.retrain:
+            source, meta = "cache", {}
+        else:
+            source, meta = "trained", train_domain_classifier(s.train, s.train_labels, cfg, path)
+        acc = classifier_accuracy(path, s.holdout, s.holdout_labels)
+        self.records["domain_classifier"] = {
+            "source": source,
+            "checkpoint": str(path),
+            "heldout_accuracy": acc,
+            "heldout_images": len(s.holdout),
+            **meta,
+        }
+        return path, acc

@@ -1,0 +1,298 @@
+"""`bench run`: data -> models -> per-sampler measurements -> run folder with tables and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+from torchvision.utils import save_image
+
+import methods
+from bench import data, report
+from bench.config import BenchConfig, ConfigError, to_dict
+from bench.metrics import DOMAIN, fidelity_metrics
+from bench.models import ModelStore
+from bench.timing import measure, peak_memory
+from methods.base import Sampler, noise_for_seeds, to_uint8
+from methods.biflow import inversion_error
+from methods.tarflow import bits_per_dim
+
+
+@dataclass
+class Stages:
+    """Wall time of each stage of the run, in seconds, in the order they ran."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        print(f"[bench] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t0, 3)
+        print(f"[bench] {name}: {self.seconds[name]:.1f} s", flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: got {name!r}, but no CUDA device is available; use cpu or auto")
+    return torch.device(name)
+
+
+def environment(device: torch.device) -> dict:
+    def version(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "n/a"
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=Path(__file__).resolve().parent,
+            )
+            return out.stdout.strip() if out.returncode == 0 else "n/a"
+        except (OSError, subprocess.TimeoutExpired):
+            return "n/a"
+
+    cpu = platform.processor() or "n/a"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        **{f"{p}_version": version(p) for p in ("torch", "torchvision", "torch-fidelity")},
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": git("status", "--porcelain") not in ("", "n/a"),
+    }
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def measure_sampler(
+    sampler: Sampler,
+    cfg: BenchConfig,
+    seeds: list[int],
+    device: torch.device,
+    run_dir: Path,
+    ref: torch.Tensor,
+    domain_path: Path,
+) -> dict:
+    """Every figure of one sampler: counts, timings, memory, quality; saves its grid."""
+    ev = cfg.eval
+    res = sampler.sample(seeds, ev.batch_size)
+    grid = run_dir / f"samples_{sampler.name}.png"
+    save_image(res.images[: ev.grid].float() / 255, grid, nrow=int(ev.grid**0.5))
+    lat = measure(lambda: sampler.sample(seeds[:1], 1), device, ev.warmup, ev.latency_repeats)
+    b = ev.throughput_batch
+    tput_seeds = [ev.seed + 10_000_000 + i for i in range(b)]  # timing only; never scored
+    thr = measure(lambda: sampler.sample(tput_seeds, b), device, ev.warmup, ev.throughput_repeats)
+    with peak_memory(device) as mem:
+        sampler.sample(tput_seeds, b)
+    q = fidelity_metrics(
+        res.images, ref, DOMAIN, domain_path, ev.kid_subset, cuda=device.type == "cuda"
+    )
+    return {
+        "nfe": res.nfe,
+        "sequential_steps": res.sequential_steps,
+        "params": sampler.num_params(),
+        "latency_ms_b1": lat.median_s * 1e3,
+        "latency_spread_b1": lat.spread,
+        "throughput_batch": b,
+        "throughput_img_s": b / thr.median_s,
+        "throughput_spread": thr.spread,
+        "ms_per_img_tput": thr.median_s / b * 1e3,
+        "peak_mem_mb": mem.mb,
+        "peak_mem_kind": mem.kind,
+        "sample_wall_s": res.wall_s,
+        "nonfinite": res.n_nonfinite,
+        **_quality_columns(q, len(res.images)),
+        "grid": grid.name,
+    }
+
+
+def _quality_columns(q: dict[str, float], n: int) -> dict:
+    return {
+        "fid_domain": q["fid"],
+        "is_domain": q["is"],
+        "is_std_domain": q["is_std"],
+        "kid_domain": q["kid"],
+        "kid_std_domain": q["kid_std"],
+        "n_samples": n,
+    }
+
+
+def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
+    """Fairness check of the causal baseline, measured in this run: one full causal decode
+    against one parallel forward pass of the same flow, both at the throughput batch."""
+    b = cfg.eval.throughput_batch
+    z = noise_for_seeds(range(b), (flow.tokens, flow.dim)).to(device)
+    x = flow.reverse(z)
+    with torch.no_grad():
+        fwd = measure(lambda: flow(x), device, cfg.eval.warmup, cfg.eval.throughput_repeats)
+    dec = measure(lambda: flow.reverse(z), device, cfg.eval.warmup, cfg.eval.throughput_repeats)
+    return {
+        "batch": b,
+        "decode_s": dec.median_s,
+        "forward_s": fwd.median_s,
+        "ratio": dec.median_s / fwd.median_s,
+        "decode_spread": dec.spread,
+        "forward_spread": fwd.spread,
+    }
+
+
+def run(cfg: BenchConfig, config_path: Path | None, out: Path | None, retrain: bool) -> Path:
+    base = config_path.resolve().parent if config_path else Path.cwd()
+    for m in cfg.methods:
+        methods.get(m)  # unknown names fail before any work
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    stages = Stages()
+    started = datetime.now(UTC)
+    run_dir = out or Path("results") / f"{cfg.name}-{started:%Y%m%d-%H%M%S}"
+    with stages.stage("data"):
+        splits = data.load(cfg.data, base)
+        if splits.image_size % cfg.tarflow.patch_size:
+            raise ConfigError(
+                f"tarflow.patch_size: got {cfg.tarflow.patch_size}; allowed: a divisor of the "
+                f"image size {splits.image_size} of data {splits.name!r}"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = to_dict(cfg)
+    print("[bench] resolved config:\n" + yaml.safe_dump(resolved, sort_keys=False), flush=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    env = environment(device)
+    info: dict = {
+        "status": "running",
+        "started": started.isoformat(),
+        "config": resolved,
+        "environment": env,
+        "dataset": {
+            "name": splits.name,
+            "train": len(splits.train),
+            "reference": len(splits.reference),
+            "real_anchor": len(splits.real_anchor),
+            "shape": list(splits.train.shape[1:]),
+        },
+    }
+    _write_json(run_dir / "run.json", info)
+
+    store = ModelStore(cfg, splits, (base / cfg.cache_dir), device, retrain)
+    with stages.stage("domain classifier"):
+        domain_path, acc = store.classifier()
+    if acc < cfg.classifier.min_accuracy:
+        raise RuntimeError(
+            f"domain classifier held-out accuracy {acc:.3f} < classifier.min_accuracy "
+            f"{cfg.classifier.min_accuracy}: its FID/IS would not be trustworthy"
+        )
+    samplers: dict[str, Sampler] = {}
+    for name in cfg.methods:
+        cls = methods.get(name)
+        with stages.stage(f"models for {name}"):
+            models = {need: store.get(need) for need in cls.needs}
+        samplers[name] = cls.from_models(models, device)
+
+    seeds = [cfg.eval.seed + i for i in range(cfg.eval.num_samples)]
+    rows = []
+    for name, sampler in samplers.items():
+        with stages.stage(f"measure {name}"):
+            rows.append(
+                {
+                    "method": name,
+                    "variant": "default",
+                    "dataset": splits.name,
+                    "extractor": "domain",
+                    "seed": cfg.eval.seed,
+                    "device": str(device),
+                    **measure_sampler(
+                        sampler, cfg, seeds, device, run_dir, splits.reference, domain_path
+                    ),
+                }
+            )
+    with stages.stage("anchors"):
+        shape = (splits.channels, splits.image_size, splits.image_size)
+        noise, _ = to_uint8(noise_for_seeds(seeds, shape))
+        real = splits.real_anchor[: cfg.eval.num_samples]
+        for label, images in (("anchor: gaussian noise", noise), ("anchor: held-out real", real)):
+            q = fidelity_metrics(
+                images,
+                splits.reference,
+                DOMAIN,
+                domain_path,
+                cfg.eval.kid_subset,
+                cuda=device.type == "cuda",
+            )
+            rows.append(
+                {
+                    "method": label,
+                    "variant": "-",
+                    "dataset": splits.name,
+                    "extractor": "domain",
+                    "seed": cfg.eval.seed,
+                    "device": str(device),
+                    **_quality_columns(q, len(images)),
+                }
+            )
+    extra: dict = {}
+    if "flow" in store._models:
+        flow = store.get("flow")
+        with stages.stage("likelihood and baseline fairness"):
+            g = torch.Generator().manual_seed(cfg.eval.seed)
+            held = splits.holdout.float().to(device) / 127.5 - 1
+            extra["bits_per_dim_heldout"] = bits_per_dim(flow, held, g)
+            extra["decode_vs_forward"] = decode_vs_forward(flow, device, cfg)
+            if "reverse" in store._models:
+                extra["biflow_inversion"] = inversion_error(store.get("reverse"), flow, held, g)
+
+    table = pd.DataFrame(rows)
+    base_lat = table.loc[table.method == "tarflow", "latency_ms_b1"]
+    base_thr = table.loc[table.method == "tarflow", "throughput_img_s"]
+    if len(base_lat):
+        table["speedup_b1"] = base_lat.iloc[0] / table["latency_ms_b1"]
+        table["speedup_tput"] = table["throughput_img_s"] / base_thr.iloc[0]
+    table.to_csv(run_dir / "results.csv", index=False)
+    table.to_parquet(run_dir / "results.parquet", index=False)
+    info.update(
+        status="complete",
+        finished=datetime.now(UTC).isoformat(),
+        models=store.records,
+        stages=stages.seconds,
+        **extra,
+    )
+    _write_json(run_dir / "run.json", info)
+    report.write(run_dir)
+    print(f"[bench] report: {run_dir / 'report.md'}", flush=True)
+    return run_dir

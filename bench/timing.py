@@ -1,0 +1,107 @@
+"""Timing and memory the way benchmarks do it: warm-up, device sync, repeats, median and spread."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from methods.base import synchronize
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median over the repeats: the noise of this measurement."""
+        return (self.max_s - self.min_s) / self.median_s if self.median_s > 0 else 0.0
+
+
+def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times, each bracketed by syncs.
+
+    On CUDA the interval is taken with CUDA events; on CPU with ``time.perf_counter``.
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            synchronize(device)
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return Timing(statistics.median(times), min(times), max(times), repeats)
+
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _rss_hwm_mb() -> float | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class PeakMemory:
+    """Filled in by :func:`peak_memory`: the peak and which counter measured it."""
+
+    mb: float | None = None
+    kind: str = "n/a"
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[PeakMemory]:
+    """Peak memory of the enclosed work.
+
+    CUDA: the caching allocator's peak of allocated bytes. CPU (Linux): the process's peak
+    resident set size (VmHWM) after resetting it through /proc/self/clear_refs, so it covers only
+    the enclosed work (plus everything already resident: model, torch runtime). Elsewhere the
+    lifetime peak from getrusage, marked as such.
+    """
+    out = PeakMemory()
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield out
+        synchronize(device)
+        out.mb, out.kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocator"
+        return
+    try:
+        _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
+        reset = True
+    except OSError:
+        reset = False
+    yield out
+    hwm = _rss_hwm_mb() if reset else None
+    if hwm is not None:
+        out.mb, out.kind = hwm, "cpu_peak_rss"
+    else:
+        out.mb, out.kind = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cpu_rss_lifetime",
+        )

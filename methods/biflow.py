@@ -1,0 +1,153 @@
+"""BiFlow: a learned, non-causal reverse model G trained against a frozen TarFlow F.
+
+F maps noisy data x~ = x + sigma*eps through states h_0 = x~, h_1, ..., h_K = z. G takes z, runs
+K bidirectional transformer stages whose outputs r_{K-1}, ..., r_0 are aligned (through small
+projection heads) with h_{K-1}, ..., h_0, then one extra denoising stage whose output x^ is
+compared with the clean x. Sampling is x = G(z) with z ~ N(0, I): one network evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.base import Sampler
+from methods.registry import register
+from methods.tarflow import TarFlow
+from methods.transformer import Layer
+from methods.validate import FieldError, check
+
+
+@dataclass(frozen=True)
+class BiFlowConfig:
+    width: int = 96  # transformer width of G
+    depth: int = 2  # layers per reverse stage (there are K stages plus one denoising stage)
+    heads: int = 4  # attention heads
+    mlp_ratio: int = 4  # MLP hidden width / width
+    align_weight: float = 1.0  # weight of the hidden-alignment loss; 0 = naive distillation
+    recon_weight: float = 1.0  # weight of the reconstruction loss on the clean image
+
+    def __post_init__(self) -> None:
+        check(
+            self,
+            width=(1, None),
+            depth=(1, None),
+            heads=(1, None),
+            mlp_ratio=(1, None),
+            align_weight=(0, None),
+            recon_weight=(0, None),
+        )
+        if self.width % self.heads:
+            raise FieldError("width", self.width, f"a multiple of heads ({self.heads})")
+
+
+class ReverseModel(nn.Module):
+    """G: noise tokens (b, T, D) -> image tokens (b, T, D), with bidirectional attention."""
+
+    def __init__(self, cfg: BiFlowConfig, tokens: int, dim: int, flow_blocks: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+        def stage() -> nn.ModuleList:
+            return nn.ModuleList(
+                Layer(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)
+            )
+
+        self.proj_in = nn.Linear(dim, cfg.width)
+        self.pos = nn.Parameter(torch.randn(tokens, cfg.width) * 0.02)
+        self.stages = nn.ModuleList(stage() for _ in range(flow_blocks))  # r_{K-1}, ..., r_0
+        self.denoise = stage()  # learned denoising: r_0 (noisy) -> x^ (clean)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.proj_out = nn.Linear(cfg.width, dim)
+        # Projection heads r_k -> space of h_k, used by the alignment loss only.
+        self.align_heads = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, dim))
+            for _ in range(flow_blocks)
+        )
+
+    def forward(
+        self, z: torch.Tensor, keep_hidden: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = self.proj_in(z) + self.pos
+        hidden = []
+        for stage in self.stages:
+            for layer in stage:
+                h = layer(h, causal=False)
+            if keep_hidden:
+                hidden.append(h)
+        for layer in self.denoise:
+            h = layer(h, causal=False)
+        return self.proj_out(self.norm(h)), hidden
+
+
+def normalised_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE divided by the target's variance over the batch, so no state's scale dominates."""
+    return F.mse_loss(pred, target) / target.var().detach().clamp_min(1e-6)
+
+
+def biflow_losses(
+    g: ReverseModel, flow: TarFlow, x: torch.Tensor, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Hidden alignment and reconstruction losses for clean images x (b, C, H, W) in [-1, 1]."""
+    eps = torch.randn(x.shape, generator=generator).to(x.device)
+    with torch.no_grad():
+        z, _, states = flow(x + flow.cfg.noise_std * eps, keep_states=True)  # h_0 .. h_K
+    x_hat, hidden = g(z, keep_hidden=True)
+    k = len(g.stages)
+    align = (
+        sum(
+            normalised_mse(head(r), states[k - 1 - j])
+            for j, (head, r) in enumerate(zip(g.align_heads, hidden, strict=True))
+        )
+        / k
+    )
+    recon = F.mse_loss(x_hat, flow.to_tokens(x))
+    total = g.cfg.align_weight * align + g.cfg.recon_weight * recon
+    return {"loss": total, "align": align.detach(), "recon": recon.detach()}
+
+
+@torch.no_grad()
+def inversion_error(g: ReverseModel, flow: TarFlow, x: torch.Tensor, g_noise: torch.Generator):
+    """Relative error ||G(F(x~)) - x~|| / ||x~|| on images x, and of G against clean x."""
+    eps = torch.randn(x.shape, generator=g_noise).to(x.device)
+    xn = flow.to_tokens(x + flow.cfg.noise_std * eps)
+    z, _, _ = flow(flow.to_image(xn))
+    out, _ = g(z)
+    rel_noisy = ((out - xn).norm() / xn.norm()).item()
+    clean = flow.to_tokens(x)
+    rel_clean = ((out - clean).norm() / clean.norm()).item()
+    return {"rel_err_vs_noisy": rel_noisy, "rel_err_vs_clean": rel_clean}
+
+
+@register("biflow")
+class BiFlowSampler(Sampler):
+    """x = G(z): one evaluation of the learned reverse model."""
+
+    needs = ("flow", "reverse")
+
+    def __init__(self, reverse: ReverseModel, flow: TarFlow, device: torch.device) -> None:
+        super().__init__(device)
+        self.g, self.flow = reverse.eval(), flow
+
+    @classmethod
+    def from_models(cls, models: dict[str, nn.Module], device: torch.device) -> BiFlowSampler:
+        return cls(models["reverse"], models["flow"], device)
+
+    def networks(self) -> list[nn.Module]:
+        return [self.g]
+
+    def noise_shape(self) -> tuple[int, ...]:
+        return (self.flow.tokens, self.flow.dim)
+
+    def num_params(self) -> int:
+        """G without its alignment heads, which only training uses."""
+        heads = sum(p.numel() for p in self.g.align_heads.parameters())
+        return super().num_params() - heads
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self.g(z)
+        return self.flow.to_image(tokens)

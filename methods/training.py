@@ -1,0 +1,101 @@
+"""One training loop for every model here: AdamW, linear warm-up then cosine decay, grad clip."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from methods.validate import check
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000  # optimiser steps
+    batch_size: int = 128  # images per step
+    lr: float = 2e-3  # peak learning rate (AdamW)
+    warmup_steps: int = 50  # linear warm-up, then cosine decay to 0
+    weight_decay: float = 0.01  # AdamW weight decay
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    seed: int = 0  # batch order and training noise
+
+    def __post_init__(self) -> None:
+        check(
+            self,
+            steps=(1, None),
+            batch_size=(1, None),
+            lr=(0, 1),
+            warmup_steps=(0, None),
+            weight_decay=(0, None),
+            grad_clip=(0, None),
+            seed=(0, None),
+        )
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    data: torch.Tensor,
+    cfg: TrainConfig,
+    desc: str,
+    device: torch.device,
+) -> dict:
+    """Minimise ``loss_fn(batch, generator)`` over batches of ``data`` (uint8 images, on CPU).
+
+    Batches are drawn without replacement within an epoch, in an order fixed by ``cfg.seed``;
+    ``loss_fn`` draws its noise from the same generator, so a run on CPU is deterministic.
+    Returns what the run did: steps, seconds, final loss, a coarse loss history.
+    """
+    g = torch.Generator().manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    model.train()
+    order, cursor = torch.randperm(len(data), generator=g), 0
+    history: list[tuple[int, float]] = []
+    ema = None
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+    for step in bar:
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = torch.randperm(len(data), generator=g), 0
+        idx = order[cursor : cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        x = data[idx].to(device).float() / 127.5 - 1.0
+        loss = loss_fn(x, g)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"{desc}: loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        value = loss.item()
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
+        if step % 10 == 0 or step == cfg.steps - 1:
+            bar.set_postfix(loss=f"{ema:.4f}")
+            history.append((step, value))
+    model.eval()
+    return {
+        "steps": cfg.steps,
+        "seconds": time.perf_counter() - t0,
+        "final_loss_ema": ema,
+        "loss_history": history,
+    }

@@ -1,0 +1,75 @@
+"""Pre-norm transformer layers shared by the forward flow (causal) and the reverse model."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class KVCache:
+    """Preallocated keys/values of one attention layer: decoding writes one position a step."""
+
+    def __init__(self, batch: int, heads: int, tokens: int, head_dim: int, like: torch.Tensor):
+        self.k = like.new_empty(batch, heads, tokens, head_dim)  # (b, h, t, d)
+        self.v = like.new_empty(batch, heads, tokens, head_dim)
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(
+        self, x: torch.Tensor, causal: bool, cache: KVCache | None = None, pos: int = 0
+    ) -> torch.Tensor:
+        b, t, w = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (b, h, t, d)
+        else:
+            # One new token at position `pos` attends to itself and every cached one before it.
+            assert t == 1, "the key/value cache decodes one token at a time"
+            cache.k[:, :, pos] = k[:, :, 0]
+            cache.v[:, :, pos] = v[:, :, 0]
+            out = F.scaled_dot_product_attention(
+                q, cache.k[:, :, : pos + 1], cache.v[:, :, : pos + 1]
+            )
+        return self.proj(out.transpose(1, 2).reshape(b, t, w))
+
+
+class Layer(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width)
+        )
+
+    def forward(
+        self, x: torch.Tensor, causal: bool, cache: KVCache | None = None, pos: int = 0
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), causal, cache, pos)
+        return x + self.mlp(self.norm2(x))
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(b, c, H, W) -> (b, T, D) with T = (H/p)(W/p) tokens of D = c p^2, row-major."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(x: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`."""
+    b = x.shape[0]
+    x = x.reshape(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, h, w)
