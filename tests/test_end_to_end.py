@@ -1,0 +1,115 @@
+"""The whole pipeline on configs/smoke.yaml: real training, sampling and torch-fidelity metrics."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def run_smoke(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        str(ROOT / "configs" / "smoke.yaml"),
+        "--out",
+        str(out),
+        "--set",
+        f"cache_dir={cache}",
+        *extra,
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    first = run_smoke(tmp / "first", tmp / "cache")
+    second = run_smoke(tmp / "second", tmp / "cache")  # warm cache: loads every model
+    return tmp / "first", tmp / "second", first, second
+
+
+def test_run_folder_holds_every_output(runs):
+    first, *_ = runs
+    for name in (
+        "results.csv",
+        "results.parquet",
+        "run.json",
+        "report.md",
+        "config.yaml",
+        "samples_tarflow.png",
+        "samples_tarflow_score.png",
+        "samples_biflow.png",
+    ):
+        assert (first / name).is_file(), name
+    table = pd.read_parquet(first / "results.parquet")
+    for col in (
+        "method",
+        "variant",
+        "nfe",
+        "latency_ms_b1",
+        "throughput_img_s",
+        "peak_mem_mb",
+        "fid_domain",
+        "is_domain",
+        "kid_domain",
+    ):
+        assert col in table.columns
+    info = json.loads((first / "run.json").read_text())
+    assert info["status"] == "complete"
+    assert info["environment"]["torch_version"].startswith("2.14.1")
+    assert set(info["stages"]) >= {"data", "domain classifier", "measure biflow", "anchors"}
+
+
+def test_counts_and_anchors(runs):
+    first, *_ = runs
+    t = pd.read_csv(first / "results.csv").set_index("method")
+    cfg = json.loads((first / "run.json").read_text())["config"]["tarflow"]
+    decode = cfg["blocks"] * ((28 // cfg["patch_size"]) ** 2 - 1)
+    assert t.loc["tarflow", "nfe"] == decode
+    assert t.loc["tarflow_score", "nfe"] == decode + 1
+    assert t.loc["biflow", "nfe"] == 1
+    noise, real = (
+        t.loc["anchor: gaussian noise", "fid_domain"],
+        t.loc["anchor: held-out real", "fid_domain"],
+    )
+    for m in ("tarflow", "tarflow_score", "biflow"):
+        assert real < t.loc[m, "fid_domain"] < noise
+    assert (t.loc[["tarflow", "tarflow_score", "biflow"], "peak_mem_mb"] > 0).all()
+
+
+def test_warm_cache_loads_models_and_reproduces_the_metrics(runs):
+    first, second, _, second_log = runs
+    info = json.loads((second / "run.json").read_text())
+    assert {m["source"] for m in info["models"].values()} == {"cache"}
+    a, b = pd.read_csv(first / "results.csv"), pd.read_csv(second / "results.csv")
+    for col in ("nfe", "fid_domain", "is_domain", "kid_domain"):
+        pd.testing.assert_series_equal(a[col], b[col])
+    assert (first / "samples_biflow.png").read_bytes() == (
+        second / "samples_biflow.png"
+    ).read_bytes()
+
+
+def test_report_regenerates_from_the_run_folder(runs, tmp_path):
+    first, *_ = runs
+    before = (first / "report.md").read_text()
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "report", str(first)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (first / "report.md").read_text() == before
+    assert "anchor: held-out real" in before and "![biflow](samples_biflow.png)" in before
