@@ -30,9 +30,10 @@ class ModelStore:
         cache_dir: Path,
         device: torch.device,
         retrain: bool = False,
+        train_allowed: bool = True,
     ) -> None:
         self.cfg, self.splits, self.cache_dir = cfg, splits, cache_dir
-        self.device, self.retrain = device, retrain
+        self.device, self.retrain, self.train_allowed = device, retrain, train_allowed
         self.records: dict[str, dict] = {}
         self._models: dict[str, nn.Module] = {}
 
@@ -53,8 +54,9 @@ class ModelStore:
         if path.exists() and not self.retrain:
             meta = checkpoint.load(path, kind, spec, model)
             source = "cache"
+        elif not self.train_allowed:
+            raise FileNotFoundError(f"{path}: no cached {kind} checkpoint, and training is off")
         else:
-            torch.manual_seed(0)
             meta = fit()
             checkpoint.save(path, kind, spec, model, meta)
             source = "trained"

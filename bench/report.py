@@ -27,6 +27,7 @@ COLUMNS = [  # (column, header, format)
     ("throughput_img_s", "throughput (img/s)", "{:.0f}"),
     ("speedup_tput", "speedup tput", "{:.1f}x"),
     ("peak_mem_mb", "peak mem (MB)", "{:.0f}"),
+    ("mem_sampling_mb", "of which sampling (MB)", "{:.0f}"),
     ("nonfinite", "non-finite", "{:.0f}"),
 ]
 
@@ -48,6 +49,21 @@ def main_table(table: pd.DataFrame) -> str:
     ]
     headers = [h for c, h, _ in COLUMNS if c in table.columns]
     return tabulate(rows, headers, tablefmt="github", disable_numparse=True)
+
+
+def _memory_note(samplers: pd.DataFrame) -> str:
+    kinds = set(samplers.get("peak_mem_kind", pd.Series(dtype=str)).dropna())
+    if any(k.startswith("cpu") for k in kinds):
+        return (
+            "Peak memory is the peak resident set of a fresh process that loaded only that "
+            "sampler's models and drew one throughput batch (torch runtime included); "
+            "'of which sampling' is the part above the resident set after loading."
+        )
+    if "cuda_allocator" in kinds:
+        return (
+            "Peak memory is the CUDA caching allocator's peak while drawing one throughput batch."
+        )
+    return ""
 
 
 def render(run_dir: Path) -> str:
@@ -76,7 +92,8 @@ def render(run_dir: Path) -> str:
         main_table(table),
         "",
         "The two anchor rows bracket every quality number: Gaussian noise images (the ceiling) "
-        "and held-out real images that no model saw (the floor), scored exactly like a sampler.",
+        "and held-out real images that no model saw (the floor), scored exactly like a sampler. "
+        + _memory_note(samplers),
         "",
     ]
     dvf = info.get("decode_vs_forward")

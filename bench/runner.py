@@ -24,7 +24,7 @@ from bench import data, report
 from bench.config import BenchConfig, ConfigError, to_dict
 from bench.metrics import DOMAIN, fidelity_metrics
 from bench.models import ModelStore
-from bench.timing import measure, peak_memory
+from bench.timing import measure_interleaved, peak_memory
 from methods.base import Sampler, noise_for_seeds, to_uint8
 from methods.biflow import inversion_error
 from methods.tarflow import bits_per_dim
@@ -101,7 +101,7 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def measure_sampler(
+def score_sampler(
     sampler: Sampler,
     cfg: BenchConfig,
     seeds: list[int],
@@ -110,17 +110,11 @@ def measure_sampler(
     ref: torch.Tensor,
     domain_path: Path,
 ) -> dict:
-    """Every figure of one sampler: counts, timings, memory, quality; saves its grid."""
+    """Draw the scored images: counts, quality, the sample grid."""
     ev = cfg.eval
     res = sampler.sample(seeds, ev.batch_size)
     grid = run_dir / f"samples_{sampler.name}.png"
     save_image(res.images[: ev.grid].float() / 255, grid, nrow=int(ev.grid**0.5))
-    lat = measure(lambda: sampler.sample(seeds[:1], 1), device, ev.warmup, ev.latency_repeats)
-    b = ev.throughput_batch
-    tput_seeds = [ev.seed + 10_000_000 + i for i in range(b)]  # timing only; never scored
-    thr = measure(lambda: sampler.sample(tput_seeds, b), device, ev.warmup, ev.throughput_repeats)
-    with peak_memory(device) as mem:
-        sampler.sample(tput_seeds, b)
     q = fidelity_metrics(
         res.images, ref, DOMAIN, domain_path, ev.kid_subset, cuda=device.type == "cuda"
     )
@@ -128,18 +122,79 @@ def measure_sampler(
         "nfe": res.nfe,
         "sequential_steps": res.sequential_steps,
         "params": sampler.num_params(),
-        "latency_ms_b1": lat.median_s * 1e3,
-        "latency_spread_b1": lat.spread,
-        "throughput_batch": b,
-        "throughput_img_s": b / thr.median_s,
-        "throughput_spread": thr.spread,
-        "ms_per_img_tput": thr.median_s / b * 1e3,
-        "peak_mem_mb": mem.mb,
-        "peak_mem_kind": mem.kind,
         "sample_wall_s": res.wall_s,
         "nonfinite": res.n_nonfinite,
         **_quality_columns(q, len(res.images)),
         "grid": grid.name,
+    }
+
+
+def time_samplers(samplers: dict[str, Sampler], cfg: BenchConfig, device: torch.device) -> dict:
+    """Latency at batch 1 and throughput at the throughput batch, all samplers interleaved."""
+    ev = cfg.eval
+    b = ev.throughput_batch
+    tput_seeds = [ev.seed + 10_000_000 + i for i in range(b)]  # timing only; never scored
+    lat = measure_interleaved(
+        {n: (lambda s=s: s.sample([ev.seed], 1)) for n, s in samplers.items()},
+        device,
+        ev.warmup,
+        ev.latency_repeats,
+    )
+    thr = measure_interleaved(
+        {n: (lambda s=s: s.sample(tput_seeds, b)) for n, s in samplers.items()},
+        device,
+        ev.warmup,
+        ev.throughput_repeats,
+    )
+    return {
+        n: {
+            "latency_ms_b1": lat[n].median_s * 1e3,
+            "latency_spread_b1": lat[n].spread,
+            "throughput_batch": b,
+            "throughput_img_s": b / thr[n].median_s,
+            "throughput_spread": thr[n].spread,
+            "ms_per_img_tput": thr[n].median_s / b * 1e3,
+        }
+        for n in samplers
+    }
+
+
+def sampler_memory(
+    name: str,
+    sampler: Sampler,
+    cfg: BenchConfig,
+    run_dir: Path,
+    cache_dir: Path,
+    splits: data.Splits,
+    device: torch.device,
+) -> dict:
+    """Peak memory of sampling one throughput batch: the CUDA allocator's peak on GPU; on CPU
+    the peak resident set of a fresh process that holds only this sampler (bench.memprobe)."""
+    b = cfg.eval.throughput_batch
+    if device.type == "cuda":
+        with peak_memory(device) as mem:
+            sampler.sample(list(range(b)), b)
+        return {"peak_mem_mb": mem.mb, "peak_mem_kind": mem.kind}
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.memprobe",
+        str(run_dir / "config.yaml"),
+        str(cache_dir),
+        name,
+        str(b),
+        str(splits.channels),
+        str(splits.image_size),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe for {name} failed:\n{out.stderr[-2000:]}")
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "peak_mem_mb": probe["peak_mb"],
+        "peak_mem_kind": probe["kind"] + "_fresh_process",
+        "mem_model_loaded_mb": probe["baseline_mb"],
+        "mem_sampling_mb": probe["peak_mb"] - probe["baseline_mb"],
     }
 
 
@@ -161,8 +216,13 @@ def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
     z = noise_for_seeds(range(b), (flow.tokens, flow.dim)).to(device)
     x = flow.reverse(z)
     with torch.no_grad():
-        fwd = measure(lambda: flow(x), device, cfg.eval.warmup, cfg.eval.throughput_repeats)
-    dec = measure(lambda: flow.reverse(z), device, cfg.eval.warmup, cfg.eval.throughput_repeats)
+        t = measure_interleaved(
+            {"decode": lambda: flow.reverse(z), "forward": lambda: flow(x)},
+            device,
+            cfg.eval.warmup,
+            cfg.eval.throughput_repeats,
+        )
+    dec, fwd = t["decode"], t["forward"]
     return {
         "batch": b,
         "decode_s": dec.median_s,
@@ -210,7 +270,8 @@ def run(cfg: BenchConfig, config_path: Path | None, out: Path | None, retrain: b
     }
     _write_json(run_dir / "run.json", info)
 
-    store = ModelStore(cfg, splits, (base / cfg.cache_dir), device, retrain)
+    cache_dir = (base / cfg.cache_dir).resolve()
+    store = ModelStore(cfg, splits, cache_dir, device, retrain)
     with stages.stage("domain classifier"):
         domain_path, acc = store.classifier()
     if acc < cfg.classifier.min_accuracy:
@@ -221,14 +282,14 @@ def run(cfg: BenchConfig, config_path: Path | None, out: Path | None, retrain: b
     samplers: dict[str, Sampler] = {}
     for name in cfg.methods:
         cls = methods.get(name)
-        with stages.stage(f"models for {name}"):
+        with stages.stage(f"train or load models for {name}"):
             models = {need: store.get(need) for need in cls.needs}
         samplers[name] = cls.from_models(models, device)
 
     seeds = [cfg.eval.seed + i for i in range(cfg.eval.num_samples)]
     rows = []
     for name, sampler in samplers.items():
-        with stages.stage(f"measure {name}"):
+        with stages.stage(f"sample and score {name}"):
             rows.append(
                 {
                     "method": name,
@@ -237,10 +298,19 @@ def run(cfg: BenchConfig, config_path: Path | None, out: Path | None, retrain: b
                     "extractor": "domain",
                     "seed": cfg.eval.seed,
                     "device": str(device),
-                    **measure_sampler(
+                    **score_sampler(
                         sampler, cfg, seeds, device, run_dir, splits.reference, domain_path
                     ),
                 }
+            )
+    with stages.stage("timing (samplers interleaved)"):
+        timings = time_samplers(samplers, cfg, device)
+    with stages.stage("peak memory"):
+        for row in rows:
+            name = row["method"]
+            row.update(timings[name])
+            row.update(
+                sampler_memory(name, samplers[name], cfg, run_dir, cache_dir, splits, device)
             )
     with stages.stage("anchors"):
         shape = (splits.channels, splits.image_size, splits.image_size)

@@ -28,28 +28,47 @@ class Timing:
         return (self.max_s - self.min_s) / self.median_s if self.median_s > 0 else 0.0
 
 
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        synchronize(device)
+        return start.elapsed_time(end) / 1e3
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
 def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times, each bracketed by syncs.
 
     On CUDA the interval is taken with CUDA events; on CPU with ``time.perf_counter``.
     """
-    for _ in range(warmup):
-        fn()
-    times = []
+    return measure_interleaved({"fn": fn}, device, warmup, repeats)["fn"]
+
+
+def measure_interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, Timing]:
+    """Time several workloads round-robin: repeat r of every workload runs before repeat r+1 of
+    any. A shared machine drifts in speed over seconds; interleaving spreads that drift over all
+    workloads instead of charging it to whichever ran during a slow spell, so their ratios hold.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            synchronize(device)
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return Timing(statistics.median(times), min(times), max(times), repeats)
+        for name, fn in fns.items():
+            times[name].append(_time_once(fn, device))
+    return {
+        name: Timing(statistics.median(t), min(t), max(t), repeats) for name, t in times.items()
+    }
 
 
 _STATUS = Path("/proc/self/status")

@@ -68,7 +68,14 @@ def test_run_folder_holds_every_output(runs):
     info = json.loads((first / "run.json").read_text())
     assert info["status"] == "complete"
     assert info["environment"]["torch_version"].startswith("2.14.1")
-    assert set(info["stages"]) >= {"data", "domain classifier", "measure biflow", "anchors"}
+    assert set(info["stages"]) >= {
+        "data",
+        "domain classifier",
+        "sample and score biflow",
+        "anchors",
+        "timing (samplers interleaved)",
+        "peak memory",
+    }
 
 
 def test_counts_and_anchors(runs):

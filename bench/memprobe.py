@@ -1,0 +1,57 @@
+"""Peak resident memory of one sampler, measured in a fresh process.
+
+On CPU there is no allocator to ask, and a long-lived process keeps memory that earlier work
+freed, so in-process readings depend on what ran before. Here a new interpreter loads only the
+models one sampler needs (from the checkpoint cache, never training), draws one warm-up image,
+resets the kernel's high-water mark and samples one batch. Prints one JSON line.
+
+    python -m bench.memprobe CONFIG_YAML CACHE_DIR METHOD BATCH CHANNELS IMAGE_SIZE
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import methods
+from bench.config import load_config
+from bench.data import Splits
+from bench.models import ModelStore
+from bench.timing import _rss_hwm_mb, peak_memory
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise OSError("no VmRSS in /proc/self/status")
+
+
+def main(argv: list[str]) -> int:
+    config, cache, method, batch, channels, size = argv
+    cfg = load_config(config)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    empty = torch.empty(0, int(channels), int(size), int(size), dtype=torch.uint8)
+    shape_only = Splits("probe", empty, None, empty, None)
+    store = ModelStore(cfg, shape_only, Path(cache), torch.device("cpu"), train_allowed=False)
+    cls = methods.get(method)
+    sampler = cls.from_models({n: store.get(n) for n in cls.needs}, torch.device("cpu"))
+    sampler.sample([0], 1)  # lazy initialisation, not part of the measurement
+    seeds = list(range(int(batch)))
+    with peak_memory(torch.device("cpu")) as mem:
+        baseline = _rss_mb()
+        sampler.sample(seeds, int(batch))
+    print(
+        json.dumps(
+            {"peak_mb": mem.mb, "kind": mem.kind, "baseline_mb": baseline, "hwm_mb": _rss_hwm_mb()}
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
