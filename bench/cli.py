@@ -8,6 +8,8 @@ from pathlib import Path
 
 from bench.config import ConfigError, load_config
 from bench.data import DataError
+from bench.report import write
+from bench.runner import BenchError, run
 from methods.checkpoint import CheckpointError
 from methods.registry import UnknownMethodError
 from methods.training import NonFiniteLossError
@@ -40,19 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            from bench.runner import run
-
             cfg = load_config(args.config, args.overrides)
             run(cfg, args.config, args.out, args.retrain)
         elif args.command == "report":
-            from bench.report import write
-
             if not (args.run_dir / "results.csv").is_file():
                 raise ConfigError(f"{args.run_dir}: not a run folder (no results.csv)")
             print(write(args.run_dir))
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except PermissionError as e:
         print(f"error: cannot write {e.filename}: permission denied", file=sys.stderr)
         return 2

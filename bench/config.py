@@ -50,8 +50,8 @@ class DataConfig:
 class ClassifierConfig:
     """The `domain` feature extractor: a small CNN trained on the training split."""
 
-    width: int = 16  # channels of the first conv layer (x2, x4 after); features are 4 x width
-    steps: int = 300  # optimiser steps
+    width: int = 24  # channels of the first conv layer (x2, x4 after); features are 4 x width
+    steps: int = 400  # optimiser steps
     batch_size: int = 128
     lr: float = 2e-3
     seed: int = 0

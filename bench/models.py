@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bench.config import BenchConfig, config_hash
-from bench.data import Splits
+from bench.data import DataError, Splits
 from bench.metrics import classifier_accuracy, train_domain_classifier
 from methods import checkpoint
 from methods.biflow import ReverseModel, biflow_losses
@@ -119,7 +119,7 @@ class ModelStore:
         """Path of the domain classifier (trained or cached) and its held-out accuracy."""
         s, cfg = self.splits, self.cfg.classifier
         if s.train_labels is None:
-            raise ValueError(
+            raise DataError(
                 "the domain feature extractor needs class labels: put the images of each class "
                 "in a subfolder of data.root"
             )

@@ -30,6 +30,10 @@ from methods.biflow import inversion_error
 from methods.tarflow import bits_per_dim
 
 
+class BenchError(RuntimeError):
+    """The run cannot produce trustworthy numbers; the message says why."""
+
+
 @dataclass
 class Stages:
     """Wall time of each stage of the run, in seconds, in the order they ran."""
@@ -188,7 +192,7 @@ def sampler_memory(
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
-        raise RuntimeError(f"memory probe for {name} failed:\n{out.stderr[-2000:]}")
+        raise BenchError(f"memory probe for {name} failed:\n{out.stderr[-2000:]}")
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     return {
         "peak_mem_mb": probe["peak_mb"],
@@ -234,6 +238,7 @@ def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
 
 
 def run(cfg: BenchConfig, config_path: Path | None, out: Path | None, retrain: bool) -> Path:
+    """Run the benchmark; the run folder's run.json says "complete", or "failed" and why."""
     base = config_path.resolve().parent if config_path else Path.cwd()
     for m in cfg.methods:
         methods.get(m)  # unknown names fail before any work
@@ -269,13 +274,37 @@ def run(cfg: BenchConfig, config_path: Path | None, out: Path | None, retrain: b
         },
     }
     _write_json(run_dir / "run.json", info)
+    try:
+        _measure_all(cfg, base, run_dir, splits, device, retrain, stages, info)
+    except BaseException as e:
+        info.update(
+            status="failed" if isinstance(e, Exception) else "interrupted",
+            error=f"{type(e).__name__}: {e}",
+            stages=stages.seconds,
+        )
+        _write_json(run_dir / "run.json", info)
+        raise
+    report.write(run_dir)
+    print(f"[bench] report: {run_dir / 'report.md'}", flush=True)
+    return run_dir
 
+
+def _measure_all(
+    cfg: BenchConfig,
+    base: Path,
+    run_dir: Path,
+    splits: data.Splits,
+    device: torch.device,
+    retrain: bool,
+    stages: Stages,
+    info: dict,
+) -> None:
     cache_dir = (base / cfg.cache_dir).resolve()
     store = ModelStore(cfg, splits, cache_dir, device, retrain)
     with stages.stage("domain classifier"):
         domain_path, acc = store.classifier()
     if acc < cfg.classifier.min_accuracy:
-        raise RuntimeError(
+        raise BenchError(
             f"domain classifier held-out accuracy {acc:.3f} < classifier.min_accuracy "
             f"{cfg.classifier.min_accuracy}: its FID/IS would not be trustworthy"
         )
@@ -363,6 +392,3 @@ def run(cfg: BenchConfig, config_path: Path | None, out: Path | None, retrain: b
         **extra,
     )
     _write_json(run_dir / "run.json", info)
-    report.write(run_dir)
-    print(f"[bench] report: {run_dir / 'report.md'}", flush=True)
-    return run_dir
