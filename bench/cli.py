@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.config import ConfigError, load_config
 from bench.data import DataError
-from bench.report import write
+from bench.report import render_many, write
 from bench.runner import BenchError, run
 from methods.checkpoint import CheckpointError
 from methods.registry import UnknownMethodError
@@ -33,8 +33,11 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config field, e.g. --set eval.num_samples=1000",
     )
     r.add_argument("--retrain", action="store_true", help="ignore the checkpoint cache")
-    rep = sub.add_parser("report", help="regenerate report.md from a run folder")
-    rep.add_argument("run_dir", type=Path)
+    rep = sub.add_parser(
+        "report", help="regenerate report.md from a run folder; several folders: one table"
+    )
+    rep.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", type=Path, default=None, help="with several runs: write here")
     return p
 
 
@@ -45,9 +48,16 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             run(cfg, args.config, args.out, args.retrain)
         elif args.command == "report":
-            if not (args.run_dir / "results.csv").is_file():
-                raise ConfigError(f"{args.run_dir}: not a run folder (no results.csv)")
-            print(write(args.run_dir))
+            for d in args.run_dirs:
+                if not (d / "results.csv").is_file() or not (d / "run.json").is_file():
+                    raise ConfigError(f"{d}: not a run folder (no results.csv and run.json)")
+            if len(args.run_dirs) == 1:
+                print(write(args.run_dirs[0]))
+            else:
+                text = render_many(args.run_dirs)
+                if args.out:
+                    args.out.write_text(text)
+                print(text)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -80,6 +80,7 @@ class EvalConfig:
     throughput_repeats: int = 3  # timed runs at the throughput batch
     grid: int = 64  # images in each sample grid
     kid_subset: int = 250  # KID subset size (<= num_samples)
+    sweep_batches: tuple[int, ...] = (1, 4, 16, 64)  # timing sweep (plus throughput_batch)
 
     def __post_init__(self) -> None:
         check(
@@ -94,6 +95,8 @@ class EvalConfig:
             grid=(1, None),
             kid_subset=(2, None),
         )
+        if not self.sweep_batches or min(self.sweep_batches) < 1:
+            raise FieldError("sweep_batches", list(self.sweep_batches), "batch sizes >= 1")
         if self.kid_subset > self.num_samples:
             raise FieldError("kid_subset", self.kid_subset, f"<= num_samples ({self.num_samples})")
 

@@ -9,26 +9,32 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-LABELS = {
-    "tarflow": "TarFlow, causal decoding (KV cache)",
-    "tarflow_score": "TarFlow + score denoising",
-    "biflow": "BiFlow, learned reverse",
-}
+from bench.labels import LABELS
+from bench.plots import quality_vs_time, speedup_curve
 
-COLUMNS = [  # (column, header, format)
+MAIN = [  # (column, header, format): the papers' comparison table
     ("method", "sampler", None),
     ("nfe", "NFE", "{:.0f}"),
-    ("params", "params (M)", "{:.2f}"),
     ("fid_domain", "FID (domain)", "{:.2f}"),
     ("is_domain", "IS (domain)", "{:.2f}"),
     ("kid_domain", "KID (domain)", "{:.3f}"),
     ("latency_ms_b1", "latency b=1 (ms/img)", "{:.1f}"),
-    ("speedup_b1", "speedup b=1", "{:.1f}x"),
     ("throughput_img_s", "throughput (img/s)", "{:.0f}"),
+    ("speedup_b1", "speedup b=1", "{:.1f}x"),
     ("speedup_tput", "speedup tput", "{:.1f}x"),
+    ("params", "params (M)", "{:.2f}"),
+    ("nonfinite", "non-finite", "{:.0f}"),
+]
+COST = [  # where the time and memory go
+    ("method", "sampler", None),
+    ("nfe", "NFE", "{:.0f}"),
+    ("sequential_steps", "sequential steps", "{:.0f}"),
+    ("flops_per_img", "GFLOP/img", "{:.3f}"),
+    ("ms_per_img_tput", "ms/img at tput batch", "{:.2f}"),
+    ("achieved_gflop_s", "achieved GFLOP/s", "{:.1f}"),
+    ("peak_fraction", "% of matmul peak", "{:.1%}"),
     ("peak_mem_mb", "peak mem (MB)", "{:.0f}"),
     ("mem_sampling_mb", "of which sampling (MB)", "{:.0f}"),
-    ("nonfinite", "non-finite", "{:.0f}"),
 ]
 
 
@@ -37,18 +43,21 @@ def _fmt(value, fmt: str | None, column: str) -> str:
         return ""
     if column == "params":
         value = value / 1e6
+    if column == "flops_per_img":
+        value = value / 1e9
     if column == "method":
         return LABELS.get(value, value)
     return fmt.format(value) if fmt else str(value)
 
 
-def main_table(table: pd.DataFrame) -> str:
-    rows = [
-        [_fmt(r.get(c), f, c) for c, _, f in COLUMNS if c in table.columns]
-        for r in table.to_dict("records")
-    ]
-    headers = [h for c, h, _ in COLUMNS if c in table.columns]
-    return tabulate(rows, headers, tablefmt="github", disable_numparse=True)
+def md_table(table: pd.DataFrame, columns=MAIN, lead: list[tuple[str, str]] = ()) -> str:
+    """Markdown table of the given (column, header, format) triples that the frame has."""
+    cols = [*[(c, h, None) for c, h in lead], *[t for t in columns if t[0] in table.columns]]
+    rows = [[_fmt(r.get(c), f, c) for c, _, f in cols] for r in table.to_dict("records")]
+    return tabulate(rows, [h for _, h, _ in cols], tablefmt="github", disable_numparse=True)
+
+
+main_table = md_table
 
 
 def _memory_note(samplers: pd.DataFrame) -> str:
@@ -89,7 +98,7 @@ def render(run_dir: Path) -> str:
         f"{ev['warmup']} warm-up; throughput: median of {ev['throughput_repeats']} runs at batch "
         f"{ev['throughput_batch']}. Speedups are against causal decoding in this run.",
         "",
-        main_table(table),
+        md_table(table),
         "",
         "The two anchor rows bracket every quality number: Gaussian noise images (the ceiling) "
         "and held-out real images that no model saw (the floor), scored exactly like a sampler. "
@@ -108,12 +117,61 @@ def render(run_dir: Path) -> str:
             f"the ratio is the price of doing it one token at a time.",
             "",
         ]
+    samplers_only = table[~table.method.str.startswith("anchor")]
+    if "flops_per_img" in table.columns:
+        peak = info.get("matmul_peak_gflop_s")
+        out += [
+            "## Cost",
+            "",
+            f"FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` (matrix products, "
+            f"forward and backward); the matmul peak of this machine, measured in this run with a "
+            f"2048 x 2048 float32 product, is **{peak:.1f} GFLOP/s**.",
+            "",
+            md_table(samplers_only, COST),
+            "",
+        ]
+    if dvf and "decode_flops_per_img" in dvf:
+        out += [
+            f"A full causal decode does {dvf['decode_flops_per_img'] / 1e9:.3f} GFLOP per image "
+            f"and one parallel forward pass {dvf['forward_flops_per_img'] / 1e9:.3f} GFLOP "
+            f"({dvf['decode_flops_per_img'] / dvf['forward_flops_per_img']:.1%}): the same "
+            f"arithmetic, so the {dvf['ratio']:.2f}x in time is overhead of small sequential "
+            f"steps.",
+            "",
+        ]
+    sweep_path = run_dir / "sweep.csv"
+    if sweep_path.is_file():
+        sweep = pd.read_csv(sweep_path)
+        speedup_curve(sweep, run_dir / "speedup_vs_batch.png")
+        quality_vs_time(sweep, table, run_dir / "quality_vs_time.png")
+        order = list(dict.fromkeys(sweep["method"]))
+        wide = sweep.pivot(index="batch", columns="method", values="ms_per_img")[order]
+        speed = sweep.pivot(index="batch", columns="method", values="speedup_vs_tarflow")[order]
+        rows = [
+            [b, *[f"{wide.loc[b, m]:.2f} ({speed.loc[b, m]:.1f}x)" for m in wide.columns]]
+            for b in wide.index
+        ]
+        heads = ["batch", *[f"{LABELS.get(m, m)}: ms/img (speedup)" for m in wide.columns]]
+        out += [
+            "## Speed against batch size",
+            "",
+            "Wall time per image at each batch size (median of repeats, samplers interleaved) "
+            "and the speedup over causal decoding at the same batch size.",
+            "",
+            tabulate(rows, heads, tablefmt="github", disable_numparse=True),
+            "",
+            "![speedup against batch size](speedup_vs_batch.png)",
+            "![quality against time per image](quality_vs_time.png)",
+            "",
+        ]
     lik = []
     if "bits_per_dim_heldout" in info:
         lik.append(
             f"- TarFlow bits/dim on the {ds['reference'] + ds['real_anchor']} held-out "
-            f"images (noise-augmented, sigma={cfg['tarflow']['noise_std']}, in 8-bit "
-            f"pixel units): **{info['bits_per_dim_heldout']:.3f}**"
+            f"images: **{info['bits_per_dim_heldout']:.3f}**. Dequantisation is the flow's own "
+            f"training noise: the likelihood is that of x + sigma*eps with sigma="
+            f"{cfg['tarflow']['noise_std']} (pixels scaled to [-1, 1]), converted to 8-bit "
+            f"pixel units (+log2(127.5) per dimension)"
         )
     inv = info.get("biflow_inversion")
     if inv:
@@ -122,6 +180,13 @@ def render(run_dir: Path) -> str:
             f"{inv['rel_err_vs_noisy']:.3f}; against the clean image "
             f"{inv['rel_err_vs_clean']:.3f}"
         )
+        if "rel_err_vs_exact_inverse_on_prior" in inv:
+            lik.append(
+                f"- BiFlow against exact decoding on prior noise z ~ N(0, I): "
+                f"||G(z) - F^-1(z)|| / ||F^-1(z)|| = "
+                f"{inv['rel_err_vs_exact_inverse_on_prior']:.3f} (G's output is denoised, "
+                f"F^-1's is not)"
+            )
     if lik:
         out += ["## Likelihood and inversion", "", *lik, ""]
     out += ["## Samples", "", "The same seeds for every sampler.", ""]
@@ -167,3 +232,17 @@ def write(run_dir: Path) -> Path:
     path = run_dir / "report.md"
     path.write_text(render(run_dir))
     return path
+
+
+def render_many(run_dirs: list[Path]) -> str:
+    """One table across several run folders: each row names its run."""
+    frames = []
+    for d in run_dirs:
+        t = pd.read_csv(d / "results.csv")
+        info = json.loads((d / "run.json").read_text())
+        t.insert(0, "run", d.name)
+        t.insert(1, "device_name", info["environment"]["device_name"])
+        frames.append(t)
+    both = pd.concat(frames, ignore_index=True)
+    lead = [("run", "run"), ("device_name", "device")]
+    return "\n".join([f"# flowbench: {len(run_dirs)} runs", "", md_table(both, MAIN, lead), ""])

@@ -22,6 +22,7 @@ from torchvision.utils import save_image
 import methods
 from bench import data, report
 from bench.config import BenchConfig, ConfigError, to_dict
+from bench.flops import count_flops, matmul_peak
 from bench.metrics import DOMAIN, fidelity_metrics
 from bench.models import ModelStore
 from bench.timing import measure_interleaved, peak_memory
@@ -133,34 +134,59 @@ def score_sampler(
     }
 
 
-def time_samplers(samplers: dict[str, Sampler], cfg: BenchConfig, device: torch.device) -> dict:
-    """Latency at batch 1 and throughput at the throughput batch, all samplers interleaved."""
+def time_samplers(
+    samplers: dict[str, Sampler], cfg: BenchConfig, device: torch.device
+) -> tuple[dict[str, dict], list[dict]]:
+    """Wall time per batch over a sweep of batch sizes, all samplers interleaved at each size.
+
+    Returns the main-table columns per sampler (latency at batch 1, throughput at the
+    throughput batch) and one sweep row per (sampler, batch), with the speedup over causal
+    decoding at the same batch size.
+    """
     ev = cfg.eval
-    b = ev.throughput_batch
-    tput_seeds = [ev.seed + 10_000_000 + i for i in range(b)]  # timing only; never scored
-    lat = measure_interleaved(
-        {n: (lambda s=s: s.sample([ev.seed], 1)) for n, s in samplers.items()},
-        device,
-        ev.warmup,
-        ev.latency_repeats,
+    batches = sorted(
+        {1, ev.throughput_batch, *(b for b in ev.sweep_batches if b <= ev.throughput_batch)}
     )
-    thr = measure_interleaved(
-        {n: (lambda s=s: s.sample(tput_seeds, b)) for n, s in samplers.items()},
-        device,
-        ev.warmup,
-        ev.throughput_repeats,
-    )
-    return {
-        n: {
-            "latency_ms_b1": lat[n].median_s * 1e3,
-            "latency_spread_b1": lat[n].spread,
-            "throughput_batch": b,
-            "throughput_img_s": b / thr[n].median_s,
-            "throughput_spread": thr[n].spread,
-            "ms_per_img_tput": thr[n].median_s / b * 1e3,
+    sweep = []
+    for b in batches:
+        seeds = [ev.seed + 10_000_000 + i for i in range(b)]  # timing only; never scored
+        repeats = ev.latency_repeats if b == 1 else ev.throughput_repeats
+        fns = {n: (lambda s=s, sd=seeds, b=b: s.sample(sd, b)) for n, s in samplers.items()}
+        timings = measure_interleaved(fns, device, ev.warmup, repeats)
+        for n, t in timings.items():
+            sweep.append(
+                {
+                    "method": n,
+                    "batch": b,
+                    "median_s": t.median_s,
+                    "ms_per_img": t.median_s / b * 1e3,
+                    "img_s": b / t.median_s,
+                    "spread": t.spread,
+                    "repeats": repeats,
+                }
+            )
+    by = {(r["method"], r["batch"]): r for r in sweep}
+    for r in sweep:
+        base = by.get(("tarflow", r["batch"]))
+        r["speedup_vs_tarflow"] = base["median_s"] / r["median_s"] if base else float("nan")
+    main = {}
+    for n in samplers:
+        lat, thr = by[(n, 1)], by[(n, ev.throughput_batch)]
+        main[n] = {
+            "latency_ms_b1": lat["median_s"] * 1e3,
+            "latency_spread_b1": lat["spread"],
+            "throughput_batch": ev.throughput_batch,
+            "throughput_img_s": thr["img_s"],
+            "throughput_spread": thr["spread"],
+            "ms_per_img_tput": thr["ms_per_img"],
         }
-        for n in samplers
-    }
+    return main, sweep
+
+
+def sampler_flops(sampler: Sampler, device: torch.device) -> int:
+    """FLOPs per image of one sampling call (two images, so nothing is batch-1 special)."""
+    z = noise_for_seeds([0, 1], sampler.noise_shape()).to(device)
+    return count_flops(lambda: sampler.generate(z)) // 2
 
 
 def sampler_memory(
@@ -226,8 +252,12 @@ def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
             cfg.eval.warmup,
             cfg.eval.throughput_repeats,
         )
+        fwd_flops = count_flops(lambda: flow(x[:2])) // 2
+    dec_flops = count_flops(lambda: flow.reverse(z[:2])) // 2
     dec, fwd = t["decode"], t["forward"]
     return {
+        "decode_flops_per_img": dec_flops,
+        "forward_flops_per_img": fwd_flops,
         "batch": b,
         "decode_s": dec.median_s,
         "forward_s": fwd.median_s,
@@ -332,8 +362,17 @@ def _measure_all(
                     ),
                 }
             )
-    with stages.stage("timing (samplers interleaved)"):
-        timings = time_samplers(samplers, cfg, device)
+    with stages.stage("timing sweep (samplers interleaved)"):
+        timings, sweep = time_samplers(samplers, cfg, device)
+    with stages.stage("flops"):
+        peak = matmul_peak(device)
+        for row in rows:
+            flops = sampler_flops(samplers[row["method"]], device)
+            achieved = flops * timings[row["method"]]["throughput_img_s"]
+            row.update(
+                flops_per_img=flops, achieved_gflop_s=achieved / 1e9, peak_fraction=achieved / peak
+            )
+        info["matmul_peak_gflop_s"] = peak / 1e9
     with stages.stage("peak memory"):
         for row in rows:
             name = row["method"]
@@ -383,6 +422,7 @@ def _measure_all(
         table["speedup_b1"] = base_lat.iloc[0] / table["latency_ms_b1"]
         table["speedup_tput"] = table["throughput_img_s"] / base_thr.iloc[0]
     table.to_csv(run_dir / "results.csv", index=False)
+    pd.DataFrame(sweep).to_csv(run_dir / "sweep.csv", index=False)
     table.to_parquet(run_dir / "results.parquet", index=False)
     info.update(
         status="complete",

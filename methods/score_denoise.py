@@ -16,9 +16,10 @@ from methods.tarflow import TarFlow, TarFlowSampler
 def tweedie_step(flow: TarFlow, x: torch.Tensor, sigma: float) -> torch.Tensor:
     """x + sigma^2 * grad_x log p(x) for a batch of images (b, C, H, W)."""
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+        leaf = x.detach().requires_grad_(True)
+        x = leaf.clone()  # a non-leaf input keeps module-tracking tools (FLOP counting) working
         (score,) = torch.autograd.grad(flow.log_prob(x).sum(), x)
-    return (x + sigma**2 * score).detach()
+    return (leaf + sigma**2 * score).detach()
 
 
 @register("tarflow_score")

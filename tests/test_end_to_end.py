@@ -47,6 +47,9 @@ def test_run_folder_holds_every_output(runs):
         "run.json",
         "report.md",
         "config.yaml",
+        "sweep.csv",
+        "speedup_vs_batch.png",
+        "quality_vs_time.png",
         "samples_tarflow.png",
         "samples_tarflow_score.png",
         "samples_biflow.png",
@@ -73,7 +76,7 @@ def test_run_folder_holds_every_output(runs):
         "domain classifier",
         "sample and score biflow",
         "anchors",
-        "timing (samplers interleaved)",
+        "timing sweep (samplers interleaved)",
         "peak memory",
     }
 
@@ -120,3 +123,32 @@ def test_report_regenerates_from_the_run_folder(runs, tmp_path):
     assert out.returncode == 0, out.stderr
     assert (first / "report.md").read_text() == before
     assert "anchor: held-out real" in before and "![biflow](samples_biflow.png)" in before
+
+
+def test_sweep_covers_batch_one_to_the_throughput_batch(runs):
+    first, *_ = runs
+    sweep = pd.read_csv(first / "sweep.csv")
+    ev = json.loads((first / "run.json").read_text())["config"]["eval"]
+    expected = {
+        1,
+        ev["throughput_batch"],
+        *(b for b in ev["sweep_batches"] if b <= ev["throughput_batch"]),
+    }
+    assert set(sweep.batch) == expected
+    assert (sweep.loc[sweep.method == "tarflow", "speedup_vs_tarflow"] == 1.0).all()
+
+
+def test_several_runs_in_one_table(runs, tmp_path):
+    first, second, *_ = runs
+    out = tmp_path / "both.md"
+    res = subprocess.run(
+        [sys.executable, "-m", "bench", "report", str(first), str(second), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    text = out.read_text()
+    assert "| first " in text and "| second " in text
+    assert text.count("BiFlow, learned reverse") == 2

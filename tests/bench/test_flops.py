@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from bench.flops import count_flops, matmul_peak
+from methods.biflow import BiFlowSampler
+from methods.score_denoise import ScoreDenoiseSampler
+
+CPU = torch.device("cpu")
+
+
+def test_causal_decode_does_the_arithmetic_of_one_forward_pass(trained_flow):
+    z = torch.randn(2, trained_flow.tokens, trained_flow.dim)
+    x = trained_flow.reverse(z)
+    with torch.no_grad():
+        forward = count_flops(lambda: trained_flow(x))
+    decode = count_flops(lambda: trained_flow.reverse(z))
+    # Same products, one token at a time; decoding skips the last token's (unused) parameters.
+    assert decode == pytest.approx(forward, rel=0.05)
+    assert decode < forward
+
+
+def test_score_step_adds_a_forward_and_a_backward_pass(trained_flow):
+    z = torch.randn(2, trained_flow.tokens, trained_flow.dim)
+    x = trained_flow.reverse(z)
+    with torch.no_grad():
+        forward = count_flops(lambda: trained_flow(x))
+    decode = count_flops(lambda: trained_flow.reverse(z))
+    score = count_flops(lambda: ScoreDenoiseSampler(trained_flow, CPU).generate(z))
+    # The flow's weights are frozen, so the backward pass only propagates to the input: one
+    # product per forward product, and the score step costs two forward passes.
+    assert score - decode == pytest.approx(2 * forward, rel=0.05)
+
+
+def test_biflow_flops_are_one_pass_of_its_network(trained_flow, trained_reverse):
+    z = torch.randn(2, trained_flow.tokens, trained_flow.dim)
+    sampler = BiFlowSampler(trained_reverse, trained_flow, CPU)
+    assert count_flops(lambda: sampler.generate(z)) == count_flops(lambda: trained_reverse(z))
+
+
+def test_matmul_peak_is_a_plausible_rate():
+    peak = matmul_peak(CPU, n=256, repeats=2)
+    assert 1e8 < peak < 1e15
