@@ -101,6 +101,31 @@ class EvalConfig:
             raise FieldError("kid_subset", self.kid_subset, f"<= num_samples ({self.num_samples})")
 
 
+EXTRACTORS = ("domain", "inception_offline", "inception")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Which feature extractors score the images (every number names its extractor)."""
+
+    extractors: tuple[str, ...] = EXTRACTORS  # domain is always on; see bench/inception.py
+    inception_samples: int = 100  # images per set for the Inception extractors (299 px is slow)
+    clean_fid: bool = False  # also clean-fid's "clean" FID with the offline Inception
+    inception_weights: str = ""  # torch-fidelity Inception weights; else the torch hub cache
+    allow_download: bool = False  # let torch-fidelity download its Inception weights
+    stats_cache: str = ".cache/stats"  # cached reference features; relative to the config
+
+    def __post_init__(self) -> None:
+        check(self, inception_samples=(2, None))
+        bad = [e for e in self.extractors if e not in EXTRACTORS]
+        if bad or "domain" not in self.extractors:
+            raise FieldError(
+                "extractors",
+                list(self.extractors),
+                f"a list of {', '.join(EXTRACTORS)} that includes domain",
+            )
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     name: str = "default"  # names the run folder
@@ -115,6 +140,7 @@ class BenchConfig:
     biflow_train: TrainConfig = field(default_factory=TrainConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         check(self, threads=(0, None))

