@@ -13,6 +13,15 @@ import pandas as pd  # noqa: E402
 from bench.labels import LABELS  # noqa: E402
 
 
+def _save(fig: plt.Figure, ax: plt.Axes, path: Path) -> Path:
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def speedup_curve(sweep: pd.DataFrame, path: Path) -> Path:
     """Speedup over causal decoding against batch size, one line per sampler."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
@@ -24,12 +33,7 @@ def speedup_curve(sweep: pd.DataFrame, path: Path) -> Path:
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("batch size")
     ax.set_ylabel("speedup over causal decoding")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def quality_vs_time(sweep: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path:
@@ -56,9 +60,4 @@ def quality_vs_time(sweep: pd.DataFrame, table: pd.DataFrame, path: Path) -> Pat
     ax.set_xscale("log")
     ax.set_xlabel("wall time per image (ms, log)")
     ax.set_ylabel("FID (domain features)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
