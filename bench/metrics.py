@@ -62,7 +62,19 @@ class DomainNet(nn.Module):
         return feats, self.head(feats)
 
 
-class DomainFeatureExtractor(FeatureExtractorBase):
+class EagerFeatureExtractor(FeatureExtractorBase):
+    """Base of the extractors registered here: they run eagerly, never through torch.compile."""
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        raise NotImplementedError
+
+
+class DomainFeatureExtractor(EagerFeatureExtractor):
     """torch-fidelity adapter: features ``domain_features`` (FID/KID/PRC), ``logits_unbiased``
     (IS). Constructed by torch-fidelity with ``feature_extractor_weights_path``."""
 
@@ -82,14 +94,6 @@ class DomainFeatureExtractor(FeatureExtractorBase):
     @staticmethod
     def get_default_feature_layer_for_metric(metric):
         return "logits_unbiased" if metric == "isc" else "domain_features"
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        raise NotImplementedError
 
     def forward(self, x):
         feats, logits = self.net(x)

@@ -42,6 +42,10 @@ class ModelStore:
             self._models[name] = {"flow": self._flow, "reverse": self._reverse}[name]()
         return self._models[name]
 
+    def loaded(self, name: str) -> bool:
+        """Whether this run has already trained or loaded the model ``name``."""
+        return name in self._models
+
     def _shape(self) -> dict[str, int]:
         return {"channels": self.splits.channels, "image_size": self.splits.image_size}
 
@@ -71,7 +75,7 @@ class ModelStore:
 
     def _flow(self) -> TarFlow:
         cfg = self.cfg
-        key = self._key("tarflow", cfg.tarflow, cfg.tarflow_train)
+        key = self._flow_key()
         torch.manual_seed(cfg.tarflow_train.seed)
         flow = TarFlow(cfg.tarflow, self.splits.channels, self.splits.image_size)
         spec = checkpoint.spec_of(cfg.tarflow, **self._shape())
@@ -85,13 +89,15 @@ class ModelStore:
 
             return train(flow, loss, self.splits.train, cfg.tarflow_train, "tarflow", self.device)
 
-        self._flow_key = key
         return self._obtain("tarflow", key, flow, spec, fit)
+
+    def _flow_key(self) -> str:
+        return self._key("tarflow", self.cfg.tarflow, self.cfg.tarflow_train)
 
     def _reverse(self) -> ReverseModel:
         cfg = self.cfg
         flow = self.get("flow")
-        key = self._key("biflow", self._flow_key, cfg.biflow, cfg.biflow_train)
+        key = self._key("biflow", self._flow_key(), cfg.biflow, cfg.biflow_train)
         torch.manual_seed(cfg.biflow_train.seed)
         g = ReverseModel(cfg.biflow, flow.tokens, flow.dim, cfg.tarflow.blocks)
         spec = checkpoint.spec_of(
@@ -99,7 +105,7 @@ class ModelStore:
             tokens=flow.tokens,
             dim=flow.dim,
             flow_blocks=cfg.tarflow.blocks,
-            flow=self._flow_key,
+            flow=self._flow_key(),
         )
 
         def fit() -> dict:

@@ -71,9 +71,6 @@ def md_table(table: pd.DataFrame, columns=MAIN, lead: list[tuple[str, str]] = ()
     return tabulate(rows, [h for _, h, _ in cols], tablefmt="github", disable_numparse=True)
 
 
-main_table = md_table
-
-
 def _memory_note(samplers: pd.DataFrame) -> str:
     kinds = set(samplers.get("peak_mem_kind", pd.Series(dtype=str)).dropna())
     if any(k.startswith("cpu") for k in kinds):

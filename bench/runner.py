@@ -388,14 +388,14 @@ def _measure_all(
                 }
             )
     extra: dict = {}
-    if "flow" in store._models:
+    if store.loaded("flow"):
         flow = store.get("flow")
         with stages.stage("likelihood and baseline fairness"):
             g = torch.Generator().manual_seed(cfg.eval.seed)
             held = splits.holdout.float().to(device) / 127.5 - 1
             extra["bits_per_dim_heldout"] = bits_per_dim(flow, held, g)
             extra["decode_vs_forward"] = decode_vs_forward(flow, device, cfg)
-            if "reverse" in store._models:
+            if store.loaded("reverse"):
                 extra["biflow_inversion"] = inversion_error(store.get("reverse"), flow, held, g)
 
     table = pd.DataFrame(rows)

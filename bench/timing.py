@@ -75,10 +75,11 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _rss_hwm_mb() -> float | None:
+def proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in MiB; None where unreadable."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -116,7 +117,7 @@ def peak_memory(device: torch.device) -> Iterator[PeakMemory]:
     except OSError:
         reset = False
     yield out
-    hwm = _rss_hwm_mb() if reset else None
+    hwm = proc_status_mb("VmHWM") if reset else None
     if hwm is not None:
         out.mb, out.kind = hwm, "cpu_peak_rss"
     else:
