@@ -1,4 +1,5 @@
-"""Command line: ``python -m bench run CONFIG [--out DIR] [--set key=value ...] [--retrain]``."""
+"""Command line: ``python -m bench run CONFIG [--out DIR | --resume DIR] [--set key=value ...]
+[--retrain]`` and ``python -m bench report RUN_DIR...``."""
 
 from __future__ import annotations
 
@@ -8,14 +9,24 @@ from pathlib import Path
 
 from bench.config import ConfigError, load_config
 from bench.data import DataError
-from bench.report import render_many, write
+from bench.metrics import CacheIntegrityError
+from bench.report import IncompleteRunError, render_many, write
 from bench.runner import BenchError, run
+from methods.atomic import WriteError, write_text
 from methods.checkpoint import CheckpointError
 from methods.registry import UnknownMethodError
 from methods.training import NonFiniteLossError
 
 # Errors that are the user's input, not a bug: one line and exit 2, never a traceback.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, UnknownMethodError, NonFiniteLossError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    CheckpointError,
+    CacheIntegrityError,
+    IncompleteRunError,
+    UnknownMethodError,
+    NonFiniteLossError,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set eval.num_samples=1000",
     )
+    r.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="finish an interrupted run: resume training, keep finished stages",
+    )
     r.add_argument("--retrain", action="store_true", help="ignore the checkpoint cache")
     rep = sub.add_parser(
         "report", help="regenerate report.md from a run folder; several folders: one table"
@@ -46,22 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             cfg = load_config(args.config, args.overrides)
-            run(cfg, args.config, args.out, args.retrain)
+            if args.resume is not None and args.out is not None:
+                raise ConfigError("--out and --resume: give one (--resume names the run folder)")
+            run(cfg, args.config, args.out, args.retrain, args.resume)
         elif args.command == "report":
-            for d in args.run_dirs:
-                if not (d / "results.csv").is_file() or not (d / "run.json").is_file():
-                    raise ConfigError(f"{d}: not a run folder (no results.csv and run.json)")
             if len(args.run_dirs) == 1:
                 print(write(args.run_dirs[0]))
             else:
                 text = render_many(args.run_dirs)
                 if args.out:
-                    args.out.write_text(text)
+                    write_text(args.out, text)
                 print(text)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except BenchError as e:
+    except (BenchError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except PermissionError as e:

@@ -133,6 +133,7 @@ class BenchConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     methods: tuple[str, ...] = ("tarflow", "tarflow_score", "biflow")  # registered samplers
     cache_dir: str = "checkpoints"  # checkpoint cache; relative to the config file
+    save_every: int = 100  # training state saved every N steps, so --resume continues; 0 = off
     data: DataConfig = field(default_factory=DataConfig)
     tarflow: TarFlowConfig = field(default_factory=TarFlowConfig)
     tarflow_train: TrainConfig = field(default_factory=TrainConfig)
@@ -143,7 +144,7 @@ class BenchConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
-        check(self, threads=(0, None))
+        check(self, threads=(0, None), save_every=(0, None))
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
             raise FieldError("device", self.device, "cpu, cuda, cuda:N or auto")
         if not self.methods:

@@ -8,6 +8,7 @@ torch-fidelity's own, and it works offline on any labelled dataset.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from bench.config import ClassifierConfig
 from methods import checkpoint
+from methods.atomic import sha256_file, write_text
 
 DOMAIN = "flowbench-domain"
 
@@ -82,7 +84,12 @@ class DomainFeatureExtractor(EagerFeatureExtractor):
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
             raise ValueError(f"{DOMAIN} needs feature_extractor_weights_path")
-        payload = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+        payload = checkpoint.load_payload(Path(feature_extractor_weights_path))
+        if payload.get("kind") != "domain_classifier":
+            raise checkpoint.CheckpointError(
+                f"{feature_extractor_weights_path}: holds a {payload.get('kind')!r} checkpoint, "
+                "expected 'domain_classifier'"
+            )
         self.net = DomainNet(DomainSpec(**payload["spec"]))
         self.net.load_state_dict(payload["state_dict"])
         self.net.eval()
@@ -148,7 +155,7 @@ def train_domain_classifier(
         sched.step()
     net.eval()
     meta = {"seconds": time.perf_counter() - t0, "steps": cfg.steps}
-    checkpoint.save(path, "domain_classifier", asdict(spec), net, meta)
+    checkpoint.save(path, "domain_classifier", asdict(spec), net, meta, key=path.stem)
     # torch-fidelity's extractor reads {"spec", "state_dict"} from the same file.
     return meta
 
@@ -161,6 +168,63 @@ def classifier_accuracy(path: Path, images: torch.Tensor, labels: torch.Tensor) 
         (logits,) = ext(images[s : s + 500])
         correct += int((logits.argmax(1) == labels[s : s + 500]).sum())
     return correct / len(images)
+
+
+class CacheIntegrityError(RuntimeError):
+    """A cached statistics file does not match the digest recorded when it was written."""
+
+
+def _manifest(folder: Path, name: str) -> Path:
+    return folder / f"{name}.sha256.json"
+
+
+def _cache_files(folder: Path, name: str) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.name.startswith(f"{name}-") and p.suffix == ".pt"
+    )
+
+
+def verify_reference_cache(folder: Path, name: str) -> None:
+    """Check torch-fidelity's cached reference features against the digests recorded when they
+    were written. A mismatch or a missing file is an error naming the file; files with no
+    record (a write an interrupted run never finished) are discarded and recomputed."""
+    manifest = _manifest(folder, name)
+    recorded: dict[str, str] = {}
+    if manifest.exists():
+        try:
+            record = json.loads(manifest.read_text())
+            recorded = dict(record["files"])
+            if record.get("key") != name:
+                raise ValueError(f"made for {record.get('key')!r}")
+        except (ValueError, KeyError, TypeError) as e:
+            raise CacheIntegrityError(
+                f"{manifest}: unreadable integrity record ({e}); delete it and the "
+                f"{name}-*.pt files next to it to recompute"
+            ) from None
+    for fname, digest in recorded.items():
+        path = folder / fname
+        if not path.is_file():
+            raise CacheIntegrityError(
+                f"{path}: listed in {manifest.name} but missing; "
+                f"delete {manifest.name} to recompute"
+            )
+        if sha256_file(path) != digest:
+            raise CacheIntegrityError(
+                f"{path}: content does not match the digest recorded when it was written "
+                "(corrupted or modified); delete it to recompute"
+            )
+    for path in _cache_files(folder, name):
+        if path.name not in recorded:
+            print(f"[bench] discarding unverified cache file {path} (unfinished write)", flush=True)
+            path.unlink()
+
+
+def record_reference_cache(folder: Path, name: str) -> None:
+    files = {p.name: sha256_file(p) for p in _cache_files(folder, name)}
+    if files:
+        write_text(_manifest(folder, name), json.dumps({"key": name, "files": files}, indent=1))
 
 
 def fidelity_metrics(
@@ -182,6 +246,7 @@ def fidelity_metrics(
     cache = {}
     if reference_cache is not None:
         folder, name = reference_cache
+        verify_reference_cache(folder, name)
         cache = {"cache": True, "cache_root": str(folder), "input2_cache_name": name}
     out = torch_fidelity.calculate_metrics(
         input1=ImageTensorDataset(generated),
@@ -198,6 +263,8 @@ def fidelity_metrics(
         verbose=False,
         **({"cache": False} | cache),
     )
+    if reference_cache is not None:
+        record_reference_cache(*reference_cache)
     return {
         "fid": out["frechet_inception_distance"],
         "is": out.get("inception_score_mean", float("nan")),

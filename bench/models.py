@@ -31,9 +31,13 @@ class ModelStore:
         device: torch.device,
         retrain: bool = False,
         train_allowed: bool = True,
+        made_by_this_run: frozenset[str] = frozenset(),
     ) -> None:
         self.cfg, self.splits, self.cache_dir = cfg, splits, cache_dir
         self.device, self.retrain, self.train_allowed = device, retrain, train_allowed
+        # Checkpoints an interrupted attempt of this run already (re)trained: a resumed
+        # --retrain run loads them instead of training them a second time.
+        self.made_by_this_run = made_by_this_run
         self.records: dict[str, dict] = {}
         self._models: dict[str, nn.Module] = {}
 
@@ -53,16 +57,25 @@ class ModelStore:
         data = asdict(self.cfg.data)
         return f"{kind}-{config_hash(kind, CODE_VERSION, data, self._shape(), *parts)}"
 
+    def _may_load(self, path: Path) -> bool:
+        return not self.retrain or str(path) in self.made_by_this_run
+
+    def _state_path(self, key: str) -> Path:
+        """Where training of ``key`` keeps its resumable state until the checkpoint is saved."""
+        return self.cache_dir / f"{key}.train-state.pt"
+
     def _obtain(self, kind: str, key: str, model: nn.Module, spec: dict, fit) -> nn.Module:
         path = self.cache_dir / f"{key}.pt"
-        if path.exists() and not self.retrain:
-            meta = checkpoint.load(path, kind, spec, model)
+        state = self._state_path(key)
+        if path.exists() and self._may_load(path):
+            meta = checkpoint.load(path, kind, spec, model, key=key)
             source = "cache"
         elif not self.train_allowed:
             raise FileNotFoundError(f"{path}: no cached {kind} checkpoint, and training is off")
         else:
-            meta = fit()
-            checkpoint.save(path, kind, spec, model, meta)
+            meta = fit(state)
+            checkpoint.save(path, kind, spec, model, meta, key=key)
+            state.unlink(missing_ok=True)
             source = "trained"
         self.records[kind] = {
             "source": source,
@@ -80,14 +93,23 @@ class ModelStore:
         flow = TarFlow(cfg.tarflow, self.splits.channels, self.splits.image_size)
         spec = checkpoint.spec_of(cfg.tarflow, **self._shape())
 
-        def fit() -> dict:
+        def fit(state: Path) -> dict:
             flow.to(self.device)
 
             def loss(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
                 eps = torch.randn(x.shape, generator=g).to(x.device)
                 return flow.nll_loss(x + cfg.tarflow.noise_std * eps)
 
-            return train(flow, loss, self.splits.train, cfg.tarflow_train, "tarflow", self.device)
+            return train(
+                flow,
+                loss,
+                self.splits.train,
+                cfg.tarflow_train,
+                "tarflow",
+                self.device,
+                state,
+                cfg.save_every,
+            )
 
         return self._obtain("tarflow", key, flow, spec, fit)
 
@@ -108,7 +130,7 @@ class ModelStore:
             flow=self._flow_key(),
         )
 
-        def fit() -> dict:
+        def fit(state: Path) -> dict:
             g.to(self.device)
             return train(
                 g,
@@ -117,6 +139,8 @@ class ModelStore:
                 cfg.biflow_train,
                 "biflow reverse",
                 self.device,
+                state,
+                cfg.save_every,
             )
 
         return self._obtain("biflow", key, g, spec, fit)
@@ -130,8 +154,13 @@ class ModelStore:
                 "in a subfolder of data.root"
             )
         path = self.cache_dir / f"{self._key('domain', cfg)}.pt"
-        if path.exists() and not self.retrain:
+        if path.exists() and self._may_load(path):
             source, meta = "cache", {}
+            got = checkpoint.load_payload(path).get("key")
+            if got != path.stem:
+                raise checkpoint.CheckpointError(
+                    f"{path}: made by config {got!r}, but this run's config is {path.stem!r}"
+                )
         else:
             source, meta = "trained", train_domain_classifier(s.train, s.train_labels, cfg, path)
         acc = classifier_accuracy(path, s.holdout, s.holdout_labels)

@@ -11,13 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.labels import LABELS  # noqa: E402
+from methods.atomic import atomic_write  # noqa: E402
 
 
 def _save(fig: plt.Figure, ax: plt.Axes, path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
 

@@ -18,6 +18,7 @@ from bench.inception import (
     with_download_timeout,
 )
 from bench.metrics import DOMAIN, fidelity_metrics
+from methods import faults
 
 
 class Scorer:
@@ -55,6 +56,7 @@ class Scorer:
             cuda=self.cuda,
             reference_cache=self._cache("domain", len(self.ref), self._domain_digest),
         )
+        faults.point("metrics")
         cols = {
             "fid_domain": q["fid"],
             "is_domain": q["is"],

@@ -11,6 +11,7 @@ from tabulate import tabulate
 
 from bench.labels import LABELS
 from bench.plots import quality_vs_time, speedup_curve
+from methods.atomic import write_text
 
 MAIN = [  # (column, header, format): the papers' comparison table
     ("method", "sampler", None),
@@ -254,9 +255,39 @@ def render(run_dir: Path) -> str:
     return "\n".join(out)
 
 
+class IncompleteRunError(ValueError):
+    """The folder holds no finished run: its numbers must not be reported."""
+
+
+def check_complete(run_dir: Path) -> dict:
+    """run.json of a finished run; anything else (missing, interrupted, failed) is an error."""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise IncompleteRunError(f"{run_dir}: not a run folder (no results.csv and run.json)")
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as e:
+        raise IncompleteRunError(f"{path}: unreadable ({e})") from None
+    status = info.get("status")
+    if status != "complete":
+        why = {
+            "running": "the run was killed or is still running",
+            "interrupted": "the run was interrupted",
+            "failed": f"the run failed: {info.get('error', '?')}",
+        }.get(status, f"unknown status {status!r}")
+        raise IncompleteRunError(
+            f"{run_dir}: status {status!r} ({why}); finish it with "
+            f"python -m bench run CONFIG --resume {run_dir}"
+        )
+    if not (run_dir / "results.csv").is_file():
+        raise IncompleteRunError(f"{run_dir}: not a run folder (no results.csv and run.json)")
+    return info
+
+
 def write(run_dir: Path) -> Path:
+    check_complete(run_dir)
     path = run_dir / "report.md"
-    path.write_text(render(run_dir))
+    write_text(path, render(run_dir))
     return path
 
 
@@ -264,8 +295,8 @@ def render_many(run_dirs: list[Path]) -> str:
     """One table across several run folders: each row names its run."""
     frames = []
     for d in run_dirs:
+        info = check_complete(d)
         t = pd.read_csv(d / "results.csv")
-        info = json.loads((d / "run.json").read_text())
         t.insert(0, "run", d.name)
         t.insert(1, "device_name", info["environment"]["device_name"])
         frames.append(t)

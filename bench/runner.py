@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import yaml
 from torchvision.utils import save_image
+from tqdm.auto import tqdm
 
 import methods
 from bench import data, report
@@ -26,6 +27,7 @@ from bench.flops import count_flops, matmul_peak
 from bench.models import ModelStore
 from bench.quality import Scorer
 from bench.timing import measure_interleaved, peak_memory
+from methods import atomic, faults
 from methods.base import Sampler, noise_for_seeds, to_uint8
 from methods.biflow import inversion_error
 from methods.tarflow import bits_per_dim
@@ -101,9 +103,7 @@ def environment(device: torch.device) -> dict:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(obj, indent=2, default=str))
 
 
 def score_sampler(
@@ -116,9 +116,16 @@ def score_sampler(
 ) -> dict:
     """Draw the scored images: counts, quality, the sample grid."""
     ev = cfg.eval
-    res = sampler.sample(seeds, ev.batch_size)
+    with tqdm(total=len(seeds), desc=f"sample {sampler.name}", unit="img", mininterval=1.0) as bar:
+
+        def on_batch(n: int) -> None:
+            bar.update(n)
+            faults.point(f"sample:{sampler.name}:{bar.n}")
+
+        res = sampler.sample(seeds, ev.batch_size, on_batch)
     grid = run_dir / f"samples_{sampler.name}.png"
-    save_image(res.images[: ev.grid].float() / 255, grid, nrow=int(ev.grid**0.5))
+    images = res.images[: ev.grid].float() / 255
+    atomic.atomic_write(grid, lambda p: save_image(images, p, nrow=int(ev.grid**0.5), format="png"))
     return {
         "nfe": res.nfe,
         "sequential_steps": res.sequential_steps,
@@ -252,17 +259,110 @@ def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
     }
 
 
-def run(cfg: BenchConfig, config_path: Path | None, out: Path | None, retrain: bool) -> Path:
-    """Run the benchmark; the run folder's run.json says "complete", or "failed" and why."""
+class Parts:
+    """Finished pieces of a run (one JSON file each under ``parts/``): a resumed run reuses
+    them instead of measuring again, and only a run whose every part exists is reported."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir / "parts"
+
+    def get(self, name: str) -> dict | list | None:
+        path = self.dir / f"{name}.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError as e:
+            raise BenchError(f"{path}: unreadable ({e}); delete it to measure it again") from None
+
+    def put(self, name: str, value: dict | list) -> None:
+        atomic.write_text(self.dir / f"{name}.json", json.dumps(value, indent=1, default=str))
+
+
+def _seeds(cfg: BenchConfig) -> dict:
+    """Every seed the run uses, and what it decides."""
+    ev = cfg.eval
+    return {
+        "data.split_seed": cfg.data.split_seed,
+        "classifier.seed": cfg.classifier.seed,
+        "tarflow_train.seed": cfg.tarflow_train.seed,
+        "biflow_train.seed": cfg.biflow_train.seed,
+        "eval.seed": ev.seed,
+        "scored images": f"image i of every sampler and of the noise anchor: seed {ev.seed} + i, "
+        f"i < {ev.num_samples}",
+        "timing images": f"seed {ev.seed} + 10000000 + i (never scored)",
+        "likelihood, inversion": f"torch.Generator seeded with {ev.seed}",
+        "model initialisation": "torch.manual_seed(<model>_train.seed) before building it",
+    }
+
+
+def _check_resumable(run_dir: Path, resolved: dict) -> dict:
+    """run.json of an unfinished run made with this same config, or an error saying why not."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume {run_dir}: no readable run.json ({e})") from None
+    saved = info.get("config", {})
+    if saved != resolved:
+        diff = sorted(_diff_keys(saved, resolved))
+        raise ConfigError(
+            f"--resume {run_dir}: the run was made with a different config; differing keys: "
+            + ", ".join(diff[:10])
+        )
+    return info
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            shown = f" ({va!r} then, {vb!r} now)"
+            out.append(f"{prefix}{k}" + (shown if len(shown) < 60 else ""))
+    return out
+
+
+def run(
+    cfg: BenchConfig,
+    config_path: Path | None,
+    out: Path | None,
+    retrain: bool,
+    resume: Path | None = None,
+) -> Path:
+    """Run the benchmark, or finish an interrupted run (``resume``: its folder).
+
+    The run folder's run.json says "running" while it works (a killed run keeps saying so),
+    then "complete", or "failed"/"interrupted" and why. Finished stages are kept under
+    ``parts/``; a resumed run measures only what is missing.
+    """
     base = config_path.resolve().parent if config_path else Path.cwd()
     for m in cfg.methods:
         methods.get(m)  # unknown names fail before any work
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    stages = Stages()
+    resolved = to_dict(cfg)
     started = datetime.now(UTC)
-    run_dir = out or Path("results") / f"{cfg.name}-{started:%Y%m%d-%H%M%S}"
+    run_dir = resume or out or Path("results") / f"{cfg.name}-{started:%Y%m%d-%H%M%S}"
+    previous: dict | None = None
+    if resume is None and (run_dir / "run.json").is_file():
+        status = json.loads((run_dir / "run.json").read_text()).get("status")
+        if status == "complete":
+            raise ConfigError(
+                f"--out {run_dir}: already holds a finished run; choose another folder"
+            )
+        print(f"[bench] {run_dir} holds an unfinished run ({status}): resuming it", flush=True)
+        resume = run_dir
+    if resume is not None:
+        previous = _check_resumable(run_dir, resolved)
+        if previous.get("status") == "complete":
+            print(f"[bench] {run_dir}: already complete; report regenerated", flush=True)
+            report.write(run_dir)
+            return run_dir
+        retrain = previous.get("retrain", retrain)
+    stages = Stages()
     with stages.stage("data"):
         splits = data.load(cfg.data, base)
         if splits.image_size % cfg.tarflow.patch_size:
@@ -270,16 +370,18 @@ def run(cfg: BenchConfig, config_path: Path | None, out: Path | None, retrain: b
                 f"tarflow.patch_size: got {cfg.tarflow.patch_size}; allowed: a divisor of the "
                 f"image size {splits.image_size} of data {splits.name!r}"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = to_dict(cfg)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
     print("[bench] resolved config:\n" + yaml.safe_dump(resolved, sort_keys=False), flush=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    env = environment(device)
-    info: dict = {
-        "status": "running",
+    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    attempt = {"started": started.isoformat(), "pid": os.getpid()}
+    info: dict = previous or {
         "started": started.isoformat(),
         "config": resolved,
-        "environment": env,
+        "retrain": retrain,
+        "seeds": _seeds(cfg),
         "dataset": {
             "name": splits.name,
             "train": len(splits.train),
@@ -288,6 +390,10 @@ def run(cfg: BenchConfig, config_path: Path | None, out: Path | None, retrain: b
             "shape": list(splits.train.shape[1:]),
         },
     }
+    info.update(status="running", environment=environment(device))
+    info.setdefault("stages", {})
+    info["attempts"] = [*info.get("attempts", []), attempt]
+    info.pop("error", None)
     _write_json(run_dir / "run.json", info)
     try:
         _measure_all(cfg, base, run_dir, splits, device, retrain, stages, info)
@@ -295,7 +401,6 @@ def run(cfg: BenchConfig, config_path: Path | None, out: Path | None, retrain: b
         info.update(
             status="failed" if isinstance(e, Exception) else "interrupted",
             error=f"{type(e).__name__}: {e}",
-            stages=stages.seconds,
         )
         _write_json(run_dir / "run.json", info)
         raise
@@ -314,10 +419,43 @@ def _measure_all(
     stages: Stages,
     info: dict,
 ) -> None:
+    parts = Parts(run_dir)
+    info["stages"]["data"] = stages.seconds["data"]
+
+    def stage(title: str, part: str, compute):
+        """Run a stage once: its result is saved under parts/ and reused on resume."""
+        done = parts.get(part)
+        if done is not None:
+            print(f"[bench] {title}: kept from an earlier attempt", flush=True)
+            return done
+        with stages.stage(title):
+            value = compute()
+        parts.put(part, value)
+        info["stages"][title] = stages.seconds[title]
+        _write_json(run_dir / "run.json", info)
+        return value
+
     cache_dir = (base / cfg.cache_dir).resolve()
-    store = ModelStore(cfg, splits, cache_dir, device, retrain)
+    made = parts.get("models") or {}
+    store = ModelStore(
+        cfg,
+        splits,
+        cache_dir,
+        device,
+        retrain,
+        made_by_this_run=frozenset(
+            r["checkpoint"] for r in made.values() if r["source"] == "trained"
+        ),
+    )
+
+    def record_models() -> None:
+        records = {**store.records, **{k: v for k, v in made.items() if v["source"] == "trained"}}
+        parts.put("models", records)
+
     with stages.stage("domain classifier"):
         domain_path, acc = store.classifier()
+    record_models()
+    info["stages"]["domain classifier"] = stages.seconds["domain classifier"]
     if acc < cfg.classifier.min_accuracy:
         raise BenchError(
             f"domain classifier held-out accuracy {acc:.3f} < classifier.min_accuracy "
@@ -334,85 +472,122 @@ def _measure_all(
     samplers: dict[str, Sampler] = {}
     for name in cfg.methods:
         cls = methods.get(name)
-        with stages.stage(f"train or load models for {name}"):
+        title = f"train or load models for {name}"
+        with stages.stage(title):
             models = {need: store.get(need) for need in cls.needs}
+        record_models()
+        info["stages"][title] = stages.seconds[title]
         samplers[name] = cls.from_models(models, device)
 
     seeds = [cfg.eval.seed + i for i in range(cfg.eval.num_samples)]
     rows = []
     for name, sampler in samplers.items():
-        with stages.stage(f"sample and score {name}"):
-            rows.append(
-                {
-                    "method": name,
-                    "variant": "default",
-                    "dataset": splits.name,
-                    "extractors": ",".join(cfg.metrics.extractors),
-                    "seed": cfg.eval.seed,
-                    "device": str(device),
-                    **score_sampler(sampler, cfg, seeds, device, run_dir, scorer),
-                }
-            )
-    with stages.stage("timing sweep (samplers interleaved)"):
-        timings, sweep = time_samplers(samplers, cfg, device)
-    with stages.stage("flops"):
-        peak = matmul_peak(device)
-        for row in rows:
-            flops = sampler_flops(samplers[row["method"]], device)
-            achieved = flops * timings[row["method"]]["throughput_img_s"]
-            row.update(
-                flops_per_img=flops, achieved_gflop_s=achieved / 1e9, peak_fraction=achieved / peak
-            )
-        info["matmul_peak_gflop_s"] = peak / 1e9
-    with stages.stage("peak memory"):
-        for row in rows:
-            name = row["method"]
-            row.update(timings[name])
-            row.update(
-                sampler_memory(name, samplers[name], cfg, run_dir, cache_dir, splits, device)
-            )
-    with stages.stage("anchors"):
+        row = stage(
+            f"sample and score {name}",
+            f"score-{name}",
+            lambda name=name, sampler=sampler: {
+                "method": name,
+                "variant": "default",
+                "dataset": splits.name,
+                "extractors": ",".join(cfg.metrics.extractors),
+                "seed": cfg.eval.seed,
+                "device": str(device),
+                **score_sampler(sampler, cfg, seeds, device, run_dir, scorer),
+                "unavailable": dict(scorer.unavailable),
+            },
+        )
+        rows.append(row)
+    timing = stage(
+        "timing sweep (samplers interleaved)",
+        "timing",
+        lambda: dict(zip(("main", "sweep"), time_samplers(samplers, cfg, device), strict=True)),
+    )
+    timings, sweep = timing["main"], timing["sweep"]
+
+    def flops() -> dict:
+        return {
+            "matmul_peak": matmul_peak(device),
+            "per_img": {n: sampler_flops(s, device) for n, s in samplers.items()},
+        }
+
+    fl = stage("flops", "flops", flops)
+    info["matmul_peak_gflop_s"] = fl["matmul_peak"] / 1e9
+    for row in rows:
+        n = row["method"]
+        achieved = fl["per_img"][n] * timings[n]["throughput_img_s"]
+        row.update(
+            flops_per_img=fl["per_img"][n],
+            achieved_gflop_s=achieved / 1e9,
+            peak_fraction=achieved / fl["matmul_peak"],
+        )
+    mem = stage(
+        "peak memory",
+        "memory",
+        lambda: {
+            n: sampler_memory(n, s, cfg, run_dir, cache_dir, splits, device)
+            for n, s in samplers.items()
+        },
+    )
+    for row in rows:
+        row.update(timings[row["method"]])
+        row.update(mem[row["method"]])
+
+    def anchors() -> list[dict]:
         shape = (splits.channels, splits.image_size, splits.image_size)
         noise, _ = to_uint8(noise_for_seeds(seeds, shape))
         real = splits.real_anchor[: cfg.eval.num_samples]
-        for label, images in (("anchor: gaussian noise", noise), ("anchor: held-out real", real)):
-            rows.append(
-                {
-                    "method": label,
-                    "variant": "-",
-                    "dataset": splits.name,
-                    "extractors": ",".join(cfg.metrics.extractors),
-                    "seed": cfg.eval.seed,
-                    "device": str(device),
-                    **scorer.score(images),
-                }
+        return [
+            {
+                "method": label,
+                "variant": "-",
+                "dataset": splits.name,
+                "extractors": ",".join(cfg.metrics.extractors),
+                "seed": cfg.eval.seed,
+                "device": str(device),
+                **scorer.score(images),
+                "unavailable": dict(scorer.unavailable),
+            }
+            for label, images in (
+                ("anchor: gaussian noise", noise),
+                ("anchor: held-out real", real),
             )
-    extra: dict = {}
-    if store.loaded("flow"):
-        flow = store.get("flow")
-        with stages.stage("likelihood and baseline fairness"):
-            g = torch.Generator().manual_seed(cfg.eval.seed)
-            held = splits.holdout.float().to(device) / 127.5 - 1
-            extra["bits_per_dim_heldout"] = bits_per_dim(flow, held, g)
-            extra["decode_vs_forward"] = decode_vs_forward(flow, device, cfg)
-            if store.loaded("reverse"):
-                extra["biflow_inversion"] = inversion_error(store.get("reverse"), flow, held, g)
+        ]
 
+    rows += stage("anchors", "anchors", anchors)
+
+    def likelihood() -> dict:
+        extra: dict = {}
+        if "flow" not in {need for n in cfg.methods for need in methods.get(n).needs}:
+            return extra
+        flow = store.get("flow")
+        g = torch.Generator().manual_seed(cfg.eval.seed)
+        held = splits.holdout.float().to(device) / 127.5 - 1
+        extra["bits_per_dim_heldout"] = bits_per_dim(flow, held, g)
+        extra["decode_vs_forward"] = decode_vs_forward(flow, device, cfg)
+        if store.loaded("reverse"):
+            extra["biflow_inversion"] = inversion_error(store.get("reverse"), flow, held, g)
+        return extra
+
+    extra = stage("likelihood and baseline fairness", "likelihood", likelihood)
+
+    unavailable: dict[str, str] = {}
+    for row in rows:
+        unavailable |= row.pop("unavailable", {})
     table = pd.DataFrame(rows)
     base_lat = table.loc[table.method == "tarflow", "latency_ms_b1"]
     base_thr = table.loc[table.method == "tarflow", "throughput_img_s"]
     if len(base_lat):
         table["speedup_b1"] = base_lat.iloc[0] / table["latency_ms_b1"]
         table["speedup_tput"] = table["throughput_img_s"] / base_thr.iloc[0]
-    table.to_csv(run_dir / "results.csv", index=False)
-    pd.DataFrame(sweep).to_csv(run_dir / "sweep.csv", index=False)
-    table.to_parquet(run_dir / "results.parquet", index=False)
+    atomic.atomic_write(run_dir / "results.csv", lambda p: table.to_csv(p, index=False))
+    faults.point("write:results")
+    atomic.atomic_write(run_dir / "sweep.csv", lambda p: pd.DataFrame(sweep).to_csv(p, index=False))
+    atomic.atomic_write(run_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
     info.update(
         status="complete",
         finished=datetime.now(UTC).isoformat(),
-        models=store.records,
-        stages=stages.seconds,
-        unavailable_metrics=scorer.unavailable,
+        models=parts.get("models"),
+        unavailable_metrics=unavailable,
         **extra,
     )
     _write_json(run_dir / "run.json", info)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -103,7 +103,14 @@ class Sampler(ABC):
     def noise_shape(self) -> tuple[int, ...]:
         """Shape of one image's prior noise."""
 
-    def sample(self, seeds: Sequence[int], batch_size: int) -> SampleResult:
+    def sample(
+        self,
+        seeds: Sequence[int],
+        batch_size: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> SampleResult:
+        """Images for ``seeds`` in batches of ``batch_size``; ``on_batch(n)`` after each batch
+        of n images (progress bars)."""
         counter = CallCounter(self.networks())
         images, nfes, bad = [], set(), 0
         synchronize(self.device)
@@ -117,6 +124,8 @@ class Sampler(ABC):
             img, n_bad = to_uint8(x.float().cpu())
             images.append(img)
             bad += n_bad
+            if on_batch is not None:
+                on_batch(len(img))
         synchronize(self.device)
         wall = time.perf_counter() - t0
         if len(nfes) != 1:

@@ -1,9 +1,14 @@
-"""Save and load a model together with the config that built it; refuse any mismatch."""
+"""Save and load a model together with the config that built it; refuse any mismatch.
+
+A checkpoint carries a SHA-256 digest of its tensors (so a flipped byte or a truncated file is
+caught before any weight is used) and the cache key of the config that made it (so a file copied
+or renamed into another config's slot is refused). Loading uses ``weights_only=True``: nothing
+in the file is executed.
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,41 +16,94 @@ from typing import Any
 import torch
 from torch import nn
 
+from methods.atomic import atomic_write
+
 
 class CheckpointError(RuntimeError):
     pass
 
 
-def save(path: Path, kind: str, spec: dict[str, Any], model: nn.Module, meta: dict) -> None:
-    """Write atomically (temporary file, then rename): a kill leaves the old file or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"kind": kind, "spec": spec, "state_dict": model.state_dict(), "meta": meta}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def tensor_digest(state: dict[str, Any]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of every tensor in a (nested) state dict."""
+    h = hashlib.sha256()
+
+    def visit(prefix: str, obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"{prefix}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                visit(f"{prefix}/{k}", obj[k])
+        elif isinstance(obj, list | tuple):
+            for i, v in enumerate(obj):
+                visit(f"{prefix}/{i}", v)
+        else:
+            h.update(f"{prefix}={obj!r}".encode())
+
+    visit("", state)
+    return h.hexdigest()
 
 
-def load(path: Path, kind: str, spec: dict[str, Any], model: nn.Module) -> dict:
-    """Load weights into ``model`` if the file was made for the same kind and spec.
+def save_payload(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` plus the digest of its ``state`` entries, atomically."""
+    body = {k: v for k, v in payload.items() if k != "digest"}
+    atomic_write(path, lambda tmp: torch.save({**body, "digest": tensor_digest(body)}, tmp))
 
-    ``spec`` is everything that decides the architecture (config plus data shape). Returns the
-    checkpoint's metadata. Uses ``weights_only=True``: nothing in the file is executed.
-    """
+
+def load_payload(path: Path) -> dict[str, Any]:
+    """Read a payload written by :func:`save_payload`; verify its digest."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt or not a checkpoint at all
         raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(e).__name__}: {e})"
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+            "delete it to retrain, or restore it from a copy"
         ) from None
-    if not isinstance(payload, dict) or payload.get("kind") != kind:
-        got = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: holds a {got!r} checkpoint, expected {kind!r}")
+    if not isinstance(payload, dict) or "digest" not in payload:
+        raise CheckpointError(
+            f"{path}: no content digest: not a flowbench checkpoint, or one made before digests "
+            "were added; delete it to retrain"
+        )
+    body = {k: v for k, v in payload.items() if k != "digest"}
+    if tensor_digest(body) != payload["digest"]:
+        raise CheckpointError(
+            f"{path}: content does not match its digest (corrupted on disk); delete it to "
+            "retrain, or restore it from a copy"
+        )
+    return payload
+
+
+def save(
+    path: Path, kind: str, spec: dict[str, Any], model: nn.Module, meta: dict, key: str = ""
+) -> None:
+    """Write atomically (temporary file, then rename): a kill leaves the old file or the new."""
+    payload = {
+        "kind": kind,
+        "key": key,
+        "spec": spec,
+        "state_dict": model.state_dict(),
+        "meta": meta,
+    }
+    save_payload(path, payload)
+
+
+def load(path: Path, kind: str, spec: dict[str, Any], model: nn.Module, key: str = "") -> dict:
+    """Load weights into ``model`` if the file was made for the same kind, key and spec.
+
+    ``spec`` is everything that decides the architecture (config plus data shape); ``key`` is the
+    cache key of the config that trained it (empty: not checked). Returns the metadata.
+    """
+    payload = load_payload(path)
+    if payload.get("kind") != kind:
+        raise CheckpointError(
+            f"{path}: holds a {payload.get('kind')!r} checkpoint, expected {kind!r}"
+        )
+    if key and payload.get("key") != key:
+        raise CheckpointError(
+            f"{path}: made by config {payload.get('key')!r}, but this run's config is {key!r} "
+            "(a file copied or renamed into another config's place)"
+        )
     saved = payload.get("spec", {})
     diff = [
         f"{k}={saved.get(k)!r} (model has {spec.get(k)!r})"

@@ -6,11 +6,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from methods import checkpoint, faults
 from methods.validate import check
 
 
@@ -55,23 +57,73 @@ def train(
     cfg: TrainConfig,
     desc: str,
     device: torch.device,
+    state_path: Path | None = None,
+    save_every: int = 0,
 ) -> dict:
     """Minimise ``loss_fn(batch, generator)`` over batches of ``data`` (uint8 images, on CPU).
 
     Batches are drawn without replacement within an epoch, in an order fixed by ``cfg.seed``;
     ``loss_fn`` draws its noise from the same generator, so a run on CPU is deterministic.
-    Returns what the run did: steps, seconds, final loss, a coarse loss history.
+
+    With ``state_path`` and ``save_every`` > 0, the whole training state (model, optimiser,
+    scheduler, step, batch order, generator) is saved there atomically every ``save_every``
+    steps, and a state found there is resumed: the result is the same as an uninterrupted run.
+    The caller deletes the file once the final checkpoint is written. Returns what the run did:
+    steps, seconds, final loss, a coarse loss history.
     """
     g = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    model.train()
     order, cursor = torch.randperm(len(data), generator=g), 0
     history: list[tuple[int, float]] = []
-    ema = None
+    ema, first, seconds_before, resumed_from = None, 0, 0.0, None
+    if state_path is not None and state_path.exists():
+        st = checkpoint.load_payload(state_path)
+        if st.get("kind") != "train_state" or st.get("desc") != desc:
+            raise checkpoint.CheckpointError(
+                f"{state_path}: not a training state of {desc!r} (holds {st.get('desc')!r})"
+            )
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        g.set_state(st["generator"])
+        order, cursor, first = st["order"], st["cursor"], st["step"]
+        ema, history, seconds_before = st["ema"], [tuple(h) for h in st["history"]], st["seconds"]
+        resumed_from = first
+        print(f"[train] {desc}: resuming at step {first} from {state_path}", flush=True)
+    model.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+    last_saved = resumed_from
+
+    def save_state(step: int) -> None:
+        checkpoint.save_payload(
+            state_path,
+            {
+                "kind": "train_state",
+                "desc": desc,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": g.get_state(),
+                "order": order,
+                "cursor": cursor,
+                "ema": ema,
+                "history": [list(h) for h in history],
+                "seconds": seconds_before + time.perf_counter() - t0,
+            },
+        )
+
+    bar = tqdm(
+        range(first, cfg.steps),
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+        initial=first,
+        total=cfg.steps,
+    )
     for step in bar:
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(data), generator=g), 0
@@ -80,7 +132,12 @@ def train(
         x = data[idx].to(device).float() / 127.5 - 1.0
         loss = loss_fn(x, g)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{desc}: loss became {loss.item()} at step {step}")
+            kept = (
+                f"; the last good training state (step {last_saved}) is kept in {state_path}"
+                if last_saved is not None
+                else ""
+            )
+            raise NonFiniteLossError(f"{desc}: loss became {loss.item()} at step {step}{kept}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -92,10 +149,16 @@ def train(
         if step % 10 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{ema:.4f}")
             history.append((step, value))
+        done = step + 1
+        if state_path is not None and save_every and done % save_every == 0 and done < cfg.steps:
+            save_state(done)
+            last_saved = done
+        faults.point(f"train:{desc}:{done}")
     model.eval()
     return {
         "steps": cfg.steps,
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds_before + time.perf_counter() - t0,
         "final_loss_ema": ema,
         "loss_history": history,
+        **({"resumed_from_step": resumed_from} if resumed_from is not None else {}),
     }

