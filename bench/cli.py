@@ -7,11 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.compare import CompareError, compare, load_results, render, thresholds
 from bench.config import ConfigError, load_config
 from bench.data import DataError
 from bench.metrics import CacheIntegrityError
 from bench.report import IncompleteRunError, render_many, write
 from bench.runner import BenchError, run
+from bench.stability import stability
 from methods.atomic import WriteError, write_text
 from methods.checkpoint import CheckpointError
 from methods.registry import UnknownMethodError
@@ -23,6 +25,7 @@ USER_ERRORS = (
     DataError,
     CheckpointError,
     CacheIntegrityError,
+    CompareError,
     IncompleteRunError,
     UnknownMethodError,
     NonFiniteLossError,
@@ -51,6 +54,26 @@ def _parser() -> argparse.ArgumentParser:
         help="finish an interrupted run: resume training, keep finished stages",
     )
     r.add_argument("--retrain", action="store_true", help="ignore the checkpoint cache")
+    c = sub.add_parser(
+        "compare",
+        help="compare two runs metric by metric; exit 1 on a regression, 2 on unusable input",
+    )
+    c.add_argument("baseline", type=Path, help="run folder, or results .csv/.parquet")
+    c.add_argument("new", type=Path, help="run folder, or results .csv/.parquet")
+    c.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="compare.FIELD=VALUE",
+        help="override a threshold, e.g. --set compare.timing_rel=0.5",
+    )
+    c.add_argument("--out", type=Path, default=None, help="also write the table here")
+    st = sub.add_parser("stability", help="run a config K times; measure each number's spread")
+    st.add_argument("config", type=Path)
+    st.add_argument("-k", type=int, default=5, help="how many runs (default 5)")
+    st.add_argument("--out", type=Path, required=True, help="folder for the runs and tables")
+    st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     rep = sub.add_parser(
         "report", help="regenerate report.md from a run folder; several folders: one table"
     )
@@ -67,6 +90,20 @@ def main(argv: list[str] | None = None) -> int:
             if args.resume is not None and args.out is not None:
                 raise ConfigError("--out and --resume: give one (--resume names the run folder)")
             run(cfg, args.config, args.out, args.retrain, args.resume)
+        elif args.command == "compare":
+            base, new = load_results(args.baseline), load_results(args.new)
+            th = thresholds(new, args.overrides)
+            table, regressed = compare(base, new, th)
+            text = render(table, base, new, th)
+            if args.out:
+                write_text(args.out, text)
+            print(text)
+            return 1 if regressed else 0
+        elif args.command == "stability":
+            if args.k < 2:
+                raise ConfigError(f"-k: got {args.k}; allowed: >= 2 runs")
+            cfg = load_config(args.config, args.overrides)
+            stability(cfg, args.config, args.out, args.k)
         elif args.command == "report":
             if len(args.run_dirs) == 1:
                 print(write(args.run_dirs[0]))

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from methods.base import SamplingConfig
 from methods.biflow import BiFlowConfig
 from methods.tarflow import TarFlowConfig
 from methods.training import TrainConfig
@@ -127,6 +128,35 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """Regression thresholds of ``bench compare`` (read from the new run's config).
+
+    Counts (NFE, sequential steps, FLOPs, parameters, non-finite images) must match exactly.
+    Timings are gated as ratios to the calibration workload timed in the same run, so a machine
+    that is uniformly slower today does not fail; the margin must exceed the spread that
+    ``bench stability`` measures. Quality thresholds are absolute, in the metric's own units.
+    """
+
+    latency_rel: float = 1.0  # allowed increase of the calibrated batch-1 latency
+    throughput_rel: float = 0.5  # allowed increase of the calibrated time per throughput batch
+    memory_rel: float = 0.2  # allowed increase of peak memory
+    fid_abs: float = 1.0  # allowed FID increase
+    kid_abs: float = 0.05  # allowed KID increase
+    is_abs: float = 0.2  # allowed IS decrease
+
+    def __post_init__(self) -> None:
+        check(
+            self,
+            latency_rel=(0, None),
+            throughput_rel=(0, None),
+            memory_rel=(0, None),
+            fid_abs=(0, None),
+            kid_abs=(0, None),
+            is_abs=(0, None),
+        )
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     name: str = "default"  # names the run folder
     device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when available)
@@ -142,6 +172,8 @@ class BenchConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def __post_init__(self) -> None:
         check(self, threads=(0, None), save_every=(0, None))
@@ -191,6 +223,11 @@ def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
         return cls(**kwargs)
     except FieldError as e:
         raise ConfigError(f"{prefix}{e}") from None
+
+
+def parse_section(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    """One config dataclass from a mapping, with the same checks and messages as a whole file."""
+    return _build(cls, raw, prefix)
 
 
 def _set_dotted(raw: dict[str, Any], assignment: str) -> None:

@@ -32,7 +32,8 @@ def main(argv: list[str]) -> int:
     shape_only = Splits("probe", empty, None, empty, None)
     store = ModelStore(cfg, shape_only, Path(cache), torch.device("cpu"), train_allowed=False)
     cls = methods.get(method)
-    sampler = cls.from_models({n: store.get(n) for n in cls.needs}, torch.device("cpu"))
+    models = {n: store.get(n) for n in cls.needs}
+    sampler = cls.from_models(models, torch.device("cpu"), cfg.sampling)
     sampler.sample([0], 1)  # lazy initialisation, not part of the measurement
     seeds = list(range(int(batch)))
     with peak_memory(torch.device("cpu")) as mem:

@@ -26,11 +26,13 @@ from bench.config import BenchConfig, ConfigError, to_dict
 from bench.flops import count_flops, matmul_peak
 from bench.models import ModelStore
 from bench.quality import Scorer
-from bench.timing import measure_interleaved, peak_memory
+from bench.timing import calibration_workload, measure_interleaved, peak_memory
 from methods import atomic, faults
 from methods.base import Sampler, noise_for_seeds, to_uint8
 from methods.biflow import inversion_error
 from methods.tarflow import bits_per_dim
+
+CALIBRATION = "calibration workload"
 
 
 class BenchError(RuntimeError):
@@ -147,6 +149,7 @@ def time_samplers(
     decoding at the same batch size.
     """
     ev = cfg.eval
+    calibrate = calibration_workload(device)
     batches = sorted(
         {1, ev.throughput_batch, *(b for b in ev.sweep_batches if b <= ev.throughput_batch)}
     )
@@ -155,7 +158,9 @@ def time_samplers(
         seeds = [ev.seed + 10_000_000 + i for i in range(b)]  # timing only; never scored
         repeats = ev.latency_repeats if b == 1 else ev.throughput_repeats
         fns = {n: (lambda s=s, sd=seeds, b=b: s.sample(sd, b)) for n, s in samplers.items()}
+        fns[CALIBRATION] = calibrate
         timings = measure_interleaved(fns, device, ev.warmup, repeats)
+        cal = timings.pop(CALIBRATION)
         for n, t in timings.items():
             sweep.append(
                 {
@@ -166,6 +171,8 @@ def time_samplers(
                     "img_s": b / t.median_s,
                     "spread": t.spread,
                     "repeats": repeats,
+                    "calibration_s": cal.median_s,
+                    "time_vs_calibration": t.median_ratio(cal),
                 }
             )
     by = {(r["method"], r["batch"]): r for r in sweep}
@@ -182,6 +189,11 @@ def time_samplers(
             "throughput_img_s": thr["img_s"],
             "throughput_spread": thr["spread"],
             "ms_per_img_tput": thr["ms_per_img"],
+            # Each time over the calibration workload's, timed interleaved with it: the
+            # machine-speed-free numbers `bench compare` gates on.
+            "latency_b1_vs_cal": lat["time_vs_calibration"],
+            "tput_time_vs_cal": thr["time_vs_calibration"],
+            "calibration_ms_b1": lat["calibration_s"] * 1e3,
         }
     return main, sweep
 
@@ -477,7 +489,7 @@ def _measure_all(
             models = {need: store.get(need) for need in cls.needs}
         record_models()
         info["stages"][title] = stages.seconds[title]
-        samplers[name] = cls.from_models(models, device)
+        samplers[name] = cls.from_models(models, device, cfg.sampling)
 
     seeds = [cfg.eval.seed + i for i in range(cfg.eval.num_samples)]
     rows = []

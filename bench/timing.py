@@ -21,6 +21,13 @@ class Timing:
     min_s: float
     max_s: float
     repeats: int
+    times_s: tuple[float, ...] = ()  # every timed repeat, in order
+
+    def median_ratio(self, other: Timing) -> float:
+        """Median over repeats of self / other, repeat by repeat: for two workloads timed
+        interleaved, each pair ran within moments of each other, so a slow spell of the machine
+        cancels in the ratio."""
+        return statistics.median(a / b for a, b in zip(self.times_s, other.times_s, strict=True))
 
     @property
     def spread(self) -> float:
@@ -67,8 +74,28 @@ def measure_interleaved(
         for name, fn in fns.items():
             times[name].append(_time_once(fn, device))
     return {
-        name: Timing(statistics.median(t), min(t), max(t), repeats) for name, t in times.items()
+        name: Timing(statistics.median(t), min(t), max(t), repeats, tuple(t))
+        for name, t in times.items()
     }
+
+
+def calibration_workload(device: torch.device) -> Callable[[], torch.Tensor]:
+    """A fixed piece of work shaped like the samplers' (matrix products at a few hundred rows,
+    GELU, layer norm; ~2 GFLOP) that is timed interleaved with them. A timing divided by this
+    one's cancels how fast the machine happens to be right now, which is what a regression
+    check on a shared machine must compare."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 256, generator=g).to(device)
+    w1 = (torch.randn(256, 1024, generator=g) / 16).to(device)
+    w2 = (torch.randn(1024, 256, generator=g) / 32).to(device)
+
+    def run() -> torch.Tensor:
+        h = x
+        for _ in range(8):
+            h = torch.nn.functional.layer_norm(h + torch.nn.functional.gelu(h @ w1) @ w2, (256,))
+        return h
+
+    return run
 
 
 _STATUS = Path("/proc/self/status")

@@ -13,6 +13,16 @@ from torch import nn
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """Implementation switches of sampling that leave the trained models alone."""
+
+    kv_cache: bool = True  # causal decoding with a key/value cache; off: recompute the prefix
+
+
+DEFAULT_SAMPLING = SamplingConfig()
+
+
+@dataclass(frozen=True)
 class SampleResult:
     """What one call of :meth:`Sampler.sample` produced.
 

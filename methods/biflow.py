@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Sampler
+from methods.base import DEFAULT_SAMPLING, Sampler, SamplingConfig
 from methods.registry import register
 from methods.tarflow import TarFlow
 from methods.transformer import Layer
@@ -145,7 +145,12 @@ class BiFlowSampler(Sampler):
         self.g, self.flow = reverse.eval(), flow
 
     @classmethod
-    def from_models(cls, models: dict[str, nn.Module], device: torch.device) -> BiFlowSampler:
+    def from_models(
+        cls,
+        models: dict[str, nn.Module],
+        device: torch.device,
+        sampling: SamplingConfig = DEFAULT_SAMPLING,
+    ) -> BiFlowSampler:
         return cls(models["reverse"], models["flow"], device)
 
     def networks(self) -> list[nn.Module]:

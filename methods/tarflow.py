@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.base import Sampler
+from methods.base import DEFAULT_SAMPLING, Sampler, SamplingConfig
 from methods.registry import register
 from methods.transformer import KVCache, Layer, patchify, unpatchify
 from methods.validate import FieldError, check
@@ -208,8 +208,13 @@ class TarFlowSampler(Sampler):
         self.flow, self.cached = flow.eval(), cached
 
     @classmethod
-    def from_models(cls, models: dict[str, nn.Module], device: torch.device) -> TarFlowSampler:
-        return cls(models["flow"], device)
+    def from_models(
+        cls,
+        models: dict[str, nn.Module],
+        device: torch.device,
+        sampling: SamplingConfig = DEFAULT_SAMPLING,
+    ) -> TarFlowSampler:
+        return cls(models["flow"], device, cached=sampling.kv_cache)
 
     def networks(self) -> list[nn.Module]:
         return self.flow.networks()

