@@ -382,6 +382,7 @@ def run(
                 f"tarflow.patch_size: got {cfg.tarflow.patch_size}; allowed: a divisor of the "
                 f"image size {splits.image_size} of data {splits.name!r}"
             )
+    env = environment(device)  # before the run folder exists: git status must not see it
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -402,7 +403,7 @@ def run(
             "shape": list(splits.train.shape[1:]),
         },
     }
-    info.update(status="running", environment=environment(device))
+    info.update(status="running", environment=env)
     info.setdefault("stages", {})
     info["attempts"] = [*info.get("attempts", []), attempt]
     info.pop("error", None)
