@@ -76,11 +76,11 @@ def test_timing_is_judged_against_the_calibration_workload(tmp_path):
 
 def test_thresholds_come_from_the_config_and_the_command_line(tmp_path, capsys):
     def edit(t):
-        t.loc[t.method == "tarflow", "fid_domain"] += 3.0
+        t.loc[t.method == "tarflow", "fid_domain"] += 7.0  # ci.yaml allows +5
 
     new = edited(tmp_path, edit)
     assert run_compare(capsys, BASELINE, new)[0] == 1
-    assert run_compare(capsys, BASELINE, new, "--set", "compare.fid_abs=5")[0] == 0
+    assert run_compare(capsys, BASELINE, new, "--set", "compare.fid_abs=10")[0] == 0
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ def test_spreads_and_the_thresholds_that_would_pass_every_pair(tmp_path):
     table = spreads(dirs).set_index(["method", "metric"])
     lat = table.loc[("tarflow", "latency_b1_vs_cal")]
     assert lat["runs"] == 3 and lat["max_pair_ratio"] == pytest.approx(1.3)
-    assert lat["max_rel_dev"] == pytest.approx(0.3 / 1.1)
+    assert lat["max_rel_dev"] == pytest.approx(0.2 / 1.1)  # 1.3 against the median 1.1
     assert table.loc[("tarflow", "nfe"), "max_abs_diff"] == 0
     need = needed_thresholds(spreads(dirs))
     assert need["latency_rel"] == pytest.approx(0.3)
