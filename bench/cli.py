@@ -78,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="regenerate report.md from a run folder; several folders: one table"
     )
     rep.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
-    rep.add_argument("--out", type=Path, default=None, help="with several runs: write here")
+    rep.add_argument(
+        "--out", type=Path, default=None, help="write here instead of RUN_DIR/report.md"
+    )
     return p
 
 
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             stability(cfg, args.config, args.out, args.k)
         elif args.command == "report":
             if len(args.run_dirs) == 1:
-                print(write(args.run_dirs[0]))
+                print(write(args.run_dirs[0], args.out))
             else:
                 text = render_many(args.run_dirs)
                 if args.out:

@@ -238,7 +238,8 @@ def fidelity_metrics(
     isc: bool = True,
     reference_cache: tuple[Path, str] | None = None,
 ) -> dict[str, float]:
-    """FID, IS and KID of ``generated`` against ``reference`` (uint8 images) via torch-fidelity.
+    """FID, IS, KID and precision/recall (k = 3 nearest neighbours, Kynkaanniemi et al. 2019) of
+    ``generated`` against ``reference`` (uint8 images) via torch-fidelity.
 
     ``reference_cache`` = (folder, name) lets torch-fidelity keep the reference set's features on
     disk; the name must identify the dataset, split, image count and extractor weights.
@@ -256,6 +257,7 @@ def fidelity_metrics(
         fid=True,
         isc=isc,
         kid=True,
+        prc=True,
         kid_subset_size=min(kid_subset, len(generated), len(reference)),
         feature_extractor=extractor,
         feature_extractor_weights_path=None if weights_path is None else str(weights_path),
@@ -271,4 +273,6 @@ def fidelity_metrics(
         "is_std": out.get("inception_score_std", float("nan")),
         "kid": out["kernel_inception_distance_mean"],
         "kid_std": out["kernel_inception_distance_std"],
+        "precision": out["precision"],
+        "recall": out["recall"],
     }

@@ -63,6 +63,8 @@ class Scorer:
             "is_std_domain": q["is_std"],
             "kid_domain": q["kid"],
             "kid_std_domain": q["kid_std"],
+            "precision_domain": q["precision"],
+            "recall_domain": q["recall"],
             "n_samples": len(images),
         }
         n = min(m.inception_samples, len(images), len(self.ref))
@@ -83,6 +85,8 @@ class Scorer:
                     "fid_inception_offline": q["fid"],
                     "kid_inception_offline": q["kid"],
                     "kid_std_inception_offline": q["kid_std"],
+                    "precision_inception_offline": q["precision"],
+                    "recall_inception_offline": q["recall"],
                 }
                 if m.clean_fid:
                     if self._clean_ref is None:
@@ -110,6 +114,8 @@ class Scorer:
                     "fid_inception": q["fid"],
                     "is_inception": q["is"],
                     "kid_inception": q["kid"],
+                    "precision_inception": q["precision"],
+                    "recall_inception": q["recall"],
                 }
             except UnavailableError as e:
                 self.unavailable["inception"] = str(e)

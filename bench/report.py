@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -31,13 +32,19 @@ QUALITY = [  # every quality number, by the extractor that produced it
     ("fid_domain", "FID domain", "{:.2f}"),
     ("kid_domain", "KID domain", "{:.4f}"),
     ("is_domain", "IS domain", "{:.2f}"),
+    ("precision_domain", "precision domain", "{:.3f}"),
+    ("recall_domain", "recall domain", "{:.3f}"),
     ("n_samples", "n (domain)", "{:.0f}"),
     ("fid_inception_offline", "FID inception_offline", "{:.2f}"),
     ("kid_inception_offline", "KID inception_offline", "{:.4f}"),
+    ("precision_inception_offline", "precision inception_offline", "{:.3f}"),
+    ("recall_inception_offline", "recall inception_offline", "{:.3f}"),
     ("fid_clean_inception_offline", "clean-FID inception_offline", "{:.2f}"),
     ("fid_inception", "FID inception", "{:.2f}"),
     ("kid_inception", "KID inception", "{:.4f}"),
     ("is_inception", "IS inception", "{:.2f}"),
+    ("precision_inception", "precision inception", "{:.3f}"),
+    ("recall_inception", "recall inception", "{:.3f}"),
     ("n_samples_inception", "n (inception)", "{:.0f}"),
 ]
 COST = [  # where the time and memory go
@@ -87,7 +94,9 @@ def _memory_note(samplers: pd.DataFrame) -> str:
     return ""
 
 
-def render(run_dir: Path) -> str:
+def render(run_dir: Path, links: str = "") -> str:
+    """report.md of a run folder; ``links`` prefixes the figure paths (for a report written
+    elsewhere than the run folder)."""
     table = pd.read_csv(run_dir / "results.csv")
     info = json.loads((run_dir / "run.json").read_text())
     env, cfg, ds = info["environment"], info["config"], info["dataset"]
@@ -187,8 +196,8 @@ def render(run_dir: Path) -> str:
             "",
             tabulate(rows, heads, tablefmt="github", disable_numparse=True),
             "",
-            "![speedup against batch size](speedup_vs_batch.png)",
-            "![quality against time per image](quality_vs_time.png)",
+            f"![speedup against batch size]({links}speedup_vs_batch.png)",
+            f"![quality against time per image]({links}quality_vs_time.png)",
             "",
         ]
     lik = []
@@ -221,7 +230,7 @@ def render(run_dir: Path) -> str:
         out += [
             f"**{LABELS.get(r['method'], r['method'])}** (NFE {r['nfe']:.0f})",
             "",
-            f"![{r['method']}]({r['grid']})",
+            f"![{r['method']}]({links}{r['grid']})",
             "",
         ]
     train_rows = [
@@ -284,10 +293,15 @@ def check_complete(run_dir: Path) -> dict:
     return info
 
 
-def write(run_dir: Path) -> Path:
+def write(run_dir: Path, out: Path | None = None) -> Path:
+    """Write report.md into the run folder, or to ``out`` with figure links back into it."""
     check_complete(run_dir)
-    path = run_dir / "report.md"
-    write_text(path, render(run_dir))
+    if out is None:
+        path, links = run_dir / "report.md", ""
+    else:
+        path = out
+        links = Path(os.path.relpath(run_dir.resolve(), out.resolve().parent)).as_posix() + "/"
+    write_text(path, render(run_dir, links))
     return path
 
 

@@ -360,7 +360,10 @@ def run(
     run_dir = resume or out or Path("results") / f"{cfg.name}-{started:%Y%m%d-%H%M%S}"
     previous: dict | None = None
     if resume is None and (run_dir / "run.json").is_file():
-        status = json.loads((run_dir / "run.json").read_text()).get("status")
+        try:
+            status = json.loads((run_dir / "run.json").read_text()).get("status")
+        except (ValueError, AttributeError) as e:
+            raise ConfigError(f"--out {run_dir}: holds an unreadable run.json ({e})") from None
         if status == "complete":
             raise ConfigError(
                 f"--out {run_dir}: already holds a finished run; choose another folder"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,11 @@ def test_report_regenerates_from_the_run_folder(runs, tmp_path):
     before = (first / "report.md").read_text()
     assert main(["report", str(first)]) == 0  # python -m bench report, in-process
     assert (first / "report.md").read_text() == before
+    # Written elsewhere (as reports/ holds the default run's), every figure link still resolves.
+    elsewhere = tmp_path / "reports" / "first.md"
+    assert main(["report", str(first), "--out", str(elsewhere)]) == 0
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", elsewhere.read_text())
+    assert len(links) >= 5 and all((elsewhere.parent / link).is_file() for link in links)
     assert "anchor: held-out real" in before and "![biflow](samples_biflow.png)" in before
 
 

@@ -148,3 +148,11 @@ def test_a_finished_run_folder_is_not_overwritten(tmp_path, capsys):
     (run / "run.json").write_text(json.dumps({"status": "complete"}))
     assert main(["run", SMOKE, "--out", str(run)]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_an_output_folder_with_a_garbled_run_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"status": "runn')  # torn by something other than us
+    assert main(["run", SMOKE, "--out", str(run)]) == 2
+    assert f"--out {run}: holds an unreadable run.json" in capsys.readouterr().err

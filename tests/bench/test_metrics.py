@@ -33,11 +33,14 @@ def test_real_images_score_far_better_than_noise(domain, digits):
     )
     assert real["fid"] < 0.1 * noise["fid"]
     assert real["kid"] < noise["kid"]
+    assert real["precision"] > 0.5 and real["recall"] > 0.5
+    assert noise["precision"] < 0.1
 
 
 def test_metrics_do_not_depend_on_the_feature_batch_size(domain, digits):
     a = fidelity_metrics(digits[:128], digits[128:256], DOMAIN, domain, 64, batch_size=1)
     b = fidelity_metrics(digits[:128], digits[128:256], DOMAIN, domain, 64, batch_size=64)
+    assert {"fid", "kid", "precision", "recall"} <= set(a)
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6)  # KID sits near 0
 
