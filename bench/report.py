@@ -57,12 +57,16 @@ COST = [  # where the time and memory go
     ("peak_fraction", "% of matmul peak", "{:.1%}"),
     ("peak_mem_mb", "peak mem (MB)", "{:.0f}"),
     ("mem_sampling_mb", "of which sampling (MB)", "{:.0f}"),
+    ("nvml_memory_used_mb", "NVML device mem (MB)", "{:.0f}"),  # GPU runs only
+    ("nvml_power_w", "NVML power (W)", "{:.0f}"),
 ]
 
 
 def _fmt(value, fmt: str | None, column: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, str) and column != "method":
+        return value  # e.g. "n/a" for an NVML reading without a driver
     if column == "params":
         value = value / 1e6
     if column == "flops_per_img":

@@ -21,7 +21,7 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 import methods
-from bench import data, report
+from bench import data, nvml, report
 from bench.config import BenchConfig, ConfigError, to_dict
 from bench.flops import count_flops, matmul_peak
 from bench.models import ModelStore
@@ -91,6 +91,7 @@ def environment(device: torch.device) -> dict:
     except OSError:
         pass
     return {
+        **nvml.readings(device),  # idle device memory and power; "n/a" without a driver
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "cpu": cpu,
@@ -219,7 +220,8 @@ def sampler_memory(
     if device.type == "cuda":
         with peak_memory(device) as mem:
             sampler.sample(list(range(b)), b)
-        return {"peak_mem_mb": mem.mb, "peak_mem_kind": mem.kind}
+            after = nvml.readings(device)  # while the batch's memory is still held
+        return {"peak_mem_mb": mem.mb, "peak_mem_kind": mem.kind, **after}
     cmd = [
         sys.executable,
         "-m",
