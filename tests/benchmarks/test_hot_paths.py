@@ -1,9 +1,9 @@
 """The hot paths under pytest-benchmark, each with its NFE and FLOPs in ``extra_info``.
 
-The normal test run executes each once (``--benchmark-disable`` in pyproject.toml). To measure
-and compare against the committed baseline (``.benchmarks/``):
+The normal test run measures them too (about 10 s; tiny models). To compare against the
+committed baseline (``.benchmarks/``):
 
-    .venv/bin/python -m pytest tests/benchmarks --benchmark-enable --benchmark-compare=0001 \\
+    .venv/bin/python -m pytest tests/benchmarks --benchmark-compare=0001 \\
         --benchmark-compare-fail=median:100%
 
 (pytest-benchmark keeps only the last ``--benchmark-compare-fail`` flag: give every expression
