@@ -163,19 +163,21 @@ def _isnan(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+def _keys(table: pd.DataFrame) -> list[tuple[str, str]]:
+    return sorted(map(tuple, table[KEY].values.tolist()))
+
+
 def compare(base: Results, new: Results, th: CompareConfig) -> tuple[pd.DataFrame, bool]:
     """One row per (sampler, metric) present in both; and whether anything regressed."""
     for column in ("dataset", "extractors"):
         _same(base.table, new.table, column)
     merged = base.table.merge(new.table, on=KEY, suffixes=("_base", "_new"))
     if merged.empty:
-        rows = lambda t: sorted(map(tuple, t[KEY].values.tolist()))  # noqa: E731
         raise CompareError(
-            f"no common (method, variant) rows: baseline {rows(base.table)}, new {rows(new.table)}"
+            f"no common (method, variant) rows: baseline {_keys(base.table)}, "
+            f"new {_keys(new.table)}"
         )
-    lost = set(map(tuple, base.table[KEY].values.tolist())) - set(
-        map(tuple, merged[KEY].values.tolist())
-    )
+    lost = set(_keys(base.table)) - set(_keys(merged))
     out = []
     for _, r in merged.iterrows():
         for m in METRICS:
@@ -187,7 +189,7 @@ def compare(base: Results, new: Results, th: CompareConfig) -> tuple[pd.DataFram
             verdict, allowed = judge(m, b, n, th)
             if verdict == "n/a":
                 continue
-            change = (n - b) / abs(b) if b not in (0.0,) and not _isnan(b) else math.nan
+            change = (n - b) / abs(b) if b != 0 and not _isnan(b) else math.nan
             out.append(
                 {
                     "method": r["method"],

@@ -84,12 +84,7 @@ class DomainFeatureExtractor(EagerFeatureExtractor):
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
             raise ValueError(f"{DOMAIN} needs feature_extractor_weights_path")
-        payload = checkpoint.load_payload(Path(feature_extractor_weights_path))
-        if payload.get("kind") != "domain_classifier":
-            raise checkpoint.CheckpointError(
-                f"{feature_extractor_weights_path}: holds a {payload.get('kind')!r} checkpoint, "
-                "expected 'domain_classifier'"
-            )
+        payload = checkpoint.load_payload(Path(feature_extractor_weights_path), "domain_classifier")
         self.net = DomainNet(DomainSpec(**payload["spec"]))
         self.net.load_state_dict(payload["state_dict"])
         self.net.eval()
@@ -186,7 +181,7 @@ def _cache_files(folder: Path, name: str) -> list[Path]:
     )
 
 
-def verify_reference_cache(folder: Path, name: str) -> None:
+def verify_reference_cache(folder: Path, name: str) -> set[str]:
     """Check torch-fidelity's cached reference features against the digests recorded when they
     were written. A mismatch or a missing file is an error naming the file; files with no
     record (a write an interrupted run never finished) are discarded and recomputed."""
@@ -219,10 +214,16 @@ def verify_reference_cache(folder: Path, name: str) -> None:
         if path.name not in recorded:
             print(f"[bench] discarding unverified cache file {path} (unfinished write)", flush=True)
             path.unlink()
+    return set(recorded)
 
 
-def record_reference_cache(folder: Path, name: str) -> None:
-    files = {p.name: sha256_file(p) for p in _cache_files(folder, name)}
+def record_reference_cache(folder: Path, name: str, recorded: set[str]) -> None:
+    """Record the digests of the cache files torch-fidelity wrote; a no-op when every file was
+    already recorded (the common case: the reference set is scored once per extractor)."""
+    paths = _cache_files(folder, name)
+    if {p.name for p in paths} <= recorded:
+        return
+    files = {p.name: sha256_file(p) for p in paths}
     if files:
         write_text(_manifest(folder, name), json.dumps({"key": name, "files": files}, indent=1))
 
@@ -247,7 +248,7 @@ def fidelity_metrics(
     cache = {}
     if reference_cache is not None:
         folder, name = reference_cache
-        verify_reference_cache(folder, name)
+        recorded = verify_reference_cache(folder, name)
         cache = {"cache": True, "cache_root": str(folder), "input2_cache_name": name}
     out = torch_fidelity.calculate_metrics(
         input1=ImageTensorDataset(generated),
@@ -266,7 +267,7 @@ def fidelity_metrics(
         **({"cache": False} | cache),
     )
     if reference_cache is not None:
-        record_reference_cache(*reference_cache)
+        record_reference_cache(folder, name, recorded)
     return {
         "fid": out["frechet_inception_distance"],
         "is": out.get("inception_score_mean", float("nan")),

@@ -58,13 +58,7 @@ class Scorer:
         )
         faults.point("metrics")
         cols = {
-            "fid_domain": q["fid"],
-            "is_domain": q["is"],
-            "is_std_domain": q["is_std"],
-            "kid_domain": q["kid"],
-            "kid_std_domain": q["kid_std"],
-            "precision_domain": q["precision"],
-            "recall_domain": q["recall"],
+            **_named(q, "domain", "fid", "is", "is_std", "kid", "kid_std", "precision", "recall"),
             "n_samples": len(images),
         }
         n = min(m.inception_samples, len(images), len(self.ref))
@@ -81,13 +75,9 @@ class Scorer:
                     isc=False,
                     reference_cache=self._cache("inception_offline", n, "fh"),
                 )
-                cols |= {
-                    "fid_inception_offline": q["fid"],
-                    "kid_inception_offline": q["kid"],
-                    "kid_std_inception_offline": q["kid_std"],
-                    "precision_inception_offline": q["precision"],
-                    "recall_inception_offline": q["recall"],
-                }
+                cols |= _named(
+                    q, "inception_offline", "fid", "kid", "kid_std", "precision", "recall"
+                )
                 if m.clean_fid:
                     if self._clean_ref is None:
                         self._clean_ref = clean_features(ref)
@@ -110,15 +100,14 @@ class Scorer:
                         reference_cache=self._cache("inception", n, "tf20151205"),
                     )
                 )
-                cols |= {
-                    "fid_inception": q["fid"],
-                    "is_inception": q["is"],
-                    "kid_inception": q["kid"],
-                    "precision_inception": q["precision"],
-                    "recall_inception": q["recall"],
-                }
+                cols |= _named(q, "inception", "fid", "is", "kid", "precision", "recall")
             except UnavailableError as e:
                 self.unavailable["inception"] = str(e)
-        if any(k.endswith("inception") or k.endswith("inception_offline") for k in cols):
+        if "fid_inception_offline" in cols or "fid_inception" in cols:
             cols["n_samples_inception"] = n
         return cols
+
+
+def _named(q: dict[str, float], extractor: str, *metrics: str) -> dict[str, float]:
+    """Result columns ``<metric>_<extractor>``: every number names the extractor behind it."""
+    return {f"{k}_{extractor}": q[k] for k in metrics}

@@ -379,7 +379,8 @@ def run(
             report.write(run_dir)
             return run_dir
         retrain = previous.get("retrain", retrain)
-    stages = Stages()
+    # Wall time of each stage; a resumed run keeps the earlier attempts' times of stages it reuses.
+    stages = Stages(dict(previous.get("stages", {})) if previous else {})
     with stages.stage("data"):
         splits = data.load(cfg.data, base)
         if splits.image_size % cfg.tarflow.patch_size:
@@ -409,7 +410,7 @@ def run(
         },
     }
     info.update(status="running", environment=env)
-    info.setdefault("stages", {})
+    info["stages"] = stages.seconds  # the same dict: every finished stage shows up in run.json
     info["attempts"] = [*info.get("attempts", []), attempt]
     info.pop("error", None)
     _write_json(run_dir / "run.json", info)
@@ -438,7 +439,6 @@ def _measure_all(
     info: dict,
 ) -> None:
     parts = Parts(run_dir)
-    info["stages"]["data"] = stages.seconds["data"]
 
     def stage(title: str, part: str, compute):
         """Run a stage once: its result is saved under parts/ and reused on resume."""
@@ -449,7 +449,6 @@ def _measure_all(
         with stages.stage(title):
             value = compute()
         parts.put(part, value)
-        info["stages"][title] = stages.seconds[title]
         _write_json(run_dir / "run.json", info)
         return value
 
@@ -473,7 +472,6 @@ def _measure_all(
     with stages.stage("domain classifier"):
         domain_path, acc = store.classifier()
     record_models()
-    info["stages"]["domain classifier"] = stages.seconds["domain classifier"]
     if acc < cfg.classifier.min_accuracy:
         raise BenchError(
             f"domain classifier held-out accuracy {acc:.3f} < classifier.min_accuracy "
@@ -494,7 +492,6 @@ def _measure_all(
         with stages.stage(title):
             models = {need: store.get(need) for need in cls.needs}
         record_models()
-        info["stages"][title] = stages.seconds[title]
         samplers[name] = cls.from_models(models, device, cfg.sampling)
 
     seeds = [cfg.eval.seed + i for i in range(cfg.eval.num_samples)]

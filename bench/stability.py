@@ -20,6 +20,8 @@ from bench.config import BenchConfig
 from bench.runner import run
 from methods.atomic import write_text
 
+COLUMNS = ("method", "metric", "kind", "median", "min", "max", "max_rel_dev", "max_pair_ratio")
+
 
 def spreads(run_dirs: list[Path]) -> pd.DataFrame:
     """Per (method, metric): median, min, max and max |x / median - 1| over the runs."""
@@ -91,9 +93,7 @@ def stability(cfg: BenchConfig, config_path: Path, out: Path, k: int) -> Path:
         "another sees).",
         "",
         tabulate(
-            table[["method", "metric", "kind", "median", "min", "max", "max_rel_dev"]]
-            .assign(max_pair_ratio=table.max_pair_ratio)
-            .values.tolist(),
+            table[[*COLUMNS]].values.tolist(),
             ["sampler", "metric", "kind", "median", "min", "max", "max rel dev", "max/min"],
             tablefmt="github",
             floatfmt=".4g",

@@ -101,6 +101,18 @@ class Sampler(ABC):
     def __init__(self, device: torch.device) -> None:
         self.device = device
 
+    needs: tuple[str, ...] = ()  # trained models from_models expects, by name ("flow", ...)
+
+    @classmethod
+    @abstractmethod
+    def from_models(
+        cls,
+        models: dict[str, nn.Module],
+        device: torch.device,
+        sampling: SamplingConfig = DEFAULT_SAMPLING,
+    ) -> Sampler:
+        """Build the sampler from the trained models named in ``needs``."""
+
     @abstractmethod
     def networks(self) -> list[nn.Module]:
         """The modules whose outermost calls count as network evaluations."""

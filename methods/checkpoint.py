@@ -51,8 +51,9 @@ def save_payload(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save({**body, "digest": tensor_digest(body)}, tmp))
 
 
-def load_payload(path: Path) -> dict[str, Any]:
-    """Read a payload written by :func:`save_payload`; verify its digest."""
+def load_payload(path: Path, kind: str | None = None, key: str = "") -> dict[str, Any]:
+    """Read a payload written by :func:`save_payload`; verify its digest and, when given, that
+    it holds a ``kind`` checkpoint made by the config with cache key ``key``."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt or not a checkpoint at all
@@ -70,6 +71,14 @@ def load_payload(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: content does not match its digest (corrupted on disk); delete it to "
             "retrain, or restore it from a copy"
+        )
+    if kind is not None and payload.get("kind") != kind:
+        got = payload.get("kind")
+        raise CheckpointError(f"{path}: holds a {got!r} checkpoint, expected {kind!r}")
+    if key and payload.get("key") != key:
+        raise CheckpointError(
+            f"{path}: made by config {payload.get('key')!r}, but this run's config is {key!r} "
+            "(a file copied or renamed into another config's place)"
         )
     return payload
 
@@ -94,16 +103,7 @@ def load(path: Path, kind: str, spec: dict[str, Any], model: nn.Module, key: str
     ``spec`` is everything that decides the architecture (config plus data shape); ``key`` is the
     cache key of the config that trained it (empty: not checked). Returns the metadata.
     """
-    payload = load_payload(path)
-    if payload.get("kind") != kind:
-        raise CheckpointError(
-            f"{path}: holds a {payload.get('kind')!r} checkpoint, expected {kind!r}"
-        )
-    if key and payload.get("key") != key:
-        raise CheckpointError(
-            f"{path}: made by config {payload.get('key')!r}, but this run's config is {key!r} "
-            "(a file copied or renamed into another config's place)"
-        )
+    payload = load_payload(path, kind, key)
     saved = payload.get("spec", {})
     diff = [
         f"{k}={saved.get(k)!r} (model has {spec.get(k)!r})"

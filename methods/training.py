@@ -79,8 +79,8 @@ def train(
     history: list[tuple[int, float]] = []
     ema, first, seconds_before, resumed_from = None, 0, 0.0, None
     if state_path is not None and state_path.exists():
-        st = checkpoint.load_payload(state_path)
-        if st.get("kind") != "train_state" or st.get("desc") != desc:
+        st = checkpoint.load_payload(state_path, "train_state")
+        if st.get("desc") != desc:
             raise checkpoint.CheckpointError(
                 f"{state_path}: not a training state of {desc!r} (holds {st.get('desc')!r})"
             )

@@ -13,21 +13,23 @@ import pytest
 from bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+BASELINE = ROOT / "results" / "ci-baseline"  # the CI gate's committed baseline run
 
 pytestmark = pytest.mark.slow
 
 
 def run_smoke(
-    out: Path | None, cache: Path, *extra: str, kill_at: str = ""
+    out: Path | None, cache: Path, *extra: str, kill_at: str = "", config: str = "smoke.yaml"
 ) -> subprocess.CompletedProcess:
-    """The smoke config into ``out`` (None: ``extra`` names the folder); ``kill_at``: the
-    methods.faults point where the process SIGKILLs itself."""
+    """``configs/<config>`` into ``out`` (None: ``extra`` names the folder) with its models and
+    reference statistics cached in ``cache``; ``kill_at``: the methods.faults point where the
+    process SIGKILLs itself."""
     cmd = [
         sys.executable,
         "-m",
         "bench",
         "run",
-        str(ROOT / "configs" / "smoke.yaml"),
+        str(ROOT / "configs" / config),
         *(("--out", str(out)) if out is not None else ()),
         "--set",
         f"cache_dir={cache}",
@@ -231,60 +233,33 @@ def test_a_run_killed_anywhere_resumes_to_the_same_results(runs, tmp_path, capsy
         )
 
 
-def test_compare_catches_decoding_without_the_kv_cache(runs, tmp_path):
+def test_compare_catches_decoding_without_the_kv_cache(runs, tmp_path, capsys):
     """The CI gate's config with a real slowdown (sampling.kv_cache: false recomputes every
     prefix), against the committed CI baseline: `bench compare` fails on the decoding samplers'
     calibrated time per batch and their FLOPs, and on nothing else."""
     first, *_ = runs
     cache = first.parent / "cache"  # configs/ci.yaml's models are the smoke config's
     slow = tmp_path / "slow"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "run",
-            str(ROOT / "configs" / "ci.yaml"),
-            "--out",
-            str(slow),
-            "--set",
-            f"cache_dir={cache}",
-            "--set",
-            f"metrics.stats_cache={cache / 'stats'}",
-            "--set",
-            "sampling.kv_cache=false",
-            # Fewer repeats than the gate's own runs: the slowdown (x3.5) dwarfs the noise.
-            "--set",
-            "eval.latency_repeats=3",
-            "--set",
-            "eval.throughput_repeats=3",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_smoke(
+        slow,
+        cache,
+        "--set",
+        "sampling.kv_cache=false",
+        # Fewer repeats than the gate's own runs: the slowdown (x3.5) dwarfs the noise.
+        "--set",
+        "eval.latency_repeats=3",
+        "--set",
+        "eval.throughput_repeats=3",
+        config="ci.yaml",
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     info = json.loads((slow / "run.json").read_text())
     assert {m["source"] for m in info["models"].values()} == {"cache"}
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "compare",
-            str(ROOT / "results" / "ci-baseline"),
-            str(slow),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 1, res.stdout + res.stderr
+    code = main(["compare", str(BASELINE), str(slow)])  # python -m bench compare, in-process
+    out = capsys.readouterr()
+    assert code == 1, out.out + out.err
     regressed = {
         tuple(c.strip() for c in line.split("|")[1:3])
-        for line in res.stdout.splitlines()
+        for line in out.out.splitlines()
         if line.startswith("|") and line.split("|")[-2].strip() == "REGRESSED"
     }
     assert ("tarflow", "tput_time_vs_cal") in regressed

@@ -8,23 +8,24 @@ from methods.score_denoise import ScoreDenoiseSampler
 CPU = torch.device("cpu")
 
 
-def test_causal_decode_does_the_arithmetic_of_one_forward_pass(trained_flow):
-    z = torch.randn(2, trained_flow.tokens, trained_flow.dim)
-    x = trained_flow.reverse(z)
+def forward_and_decode(flow) -> tuple[torch.Tensor, int, int]:
+    """Prior noise for two images, and the FLOPs of one forward pass and of a full decode."""
+    z = torch.randn(2, flow.tokens, flow.dim)
+    x = flow.reverse(z)
     with torch.no_grad():
-        forward = count_flops(lambda: trained_flow(x))
-    decode = count_flops(lambda: trained_flow.reverse(z))
+        forward = count_flops(lambda: flow(x))
+    return z, forward, count_flops(lambda: flow.reverse(z))
+
+
+def test_causal_decode_does_the_arithmetic_of_one_forward_pass(trained_flow):
+    _, forward, decode = forward_and_decode(trained_flow)
     # Same products, one token at a time; decoding skips the last token's (unused) parameters.
     assert decode == pytest.approx(forward, rel=0.05)
     assert decode < forward
 
 
 def test_score_step_adds_a_forward_and_a_backward_pass(trained_flow):
-    z = torch.randn(2, trained_flow.tokens, trained_flow.dim)
-    x = trained_flow.reverse(z)
-    with torch.no_grad():
-        forward = count_flops(lambda: trained_flow(x))
-    decode = count_flops(lambda: trained_flow.reverse(z))
+    z, forward, decode = forward_and_decode(trained_flow)
     score = count_flops(lambda: ScoreDenoiseSampler(trained_flow, CPU).generate(z))
     # The flow's weights are frozen, so the backward pass only propagates to the input: one
     # product per forward product, and the score step costs two forward passes.
