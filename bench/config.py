@@ -36,6 +36,8 @@ class DataConfig:
     holdout: int = 1000  # images kept out of all training: half reference, half real anchor
     limit: int = 0  # use at most this many images in total; 0 = all
     split_seed: int = 0  # which images are held out
+    image_size: int = 0  # expected image side, checked on load; 0 = whatever the data has
+    channels: int = 0  # expected channels (1 or 3), checked on load; 0 = whatever the data has
 
     def __post_init__(self) -> None:
         check(
@@ -44,6 +46,8 @@ class DataConfig:
             holdout=(2, None),
             limit=(0, None),
             split_seed=(0, None),
+            image_size=(0, None),
+            channels=(0, None),
         )
 
 

@@ -131,6 +131,12 @@ def load(cfg: DataConfig, base: Path) -> Splits:
         name = f"folder:{root.name}"
     if images.shape[-1] != images.shape[-2]:
         raise DataError(f"data: images are {tuple(images.shape[-2:])}; only square images work")
+    for field, want, got in (
+        ("image_size", cfg.image_size, images.shape[-1]),
+        ("channels", cfg.channels, images.shape[1]),
+    ):
+        if want and want != got:
+            raise DataError(f"data.{field}: got {want}, but the images of {name!r} have {got}")
     g = torch.Generator().manual_seed(cfg.split_seed)
     order = torch.randperm(len(images), generator=g)
     if cfg.limit:

@@ -19,11 +19,21 @@ import torch_fidelity
 from torch import nn
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import (
+    create_feature_extractor,
+    extract_featuresdict_from_input_id_cached,
+    get_featuresdict_from_dataset,
+    resolve_feature_layer_for_metric,
+)
 from tqdm.auto import tqdm
 
 from bench.config import ClassifierConfig
-from methods import checkpoint
+from methods import checkpoint, dist
 from methods.atomic import sha256_file, write_text
 
 DOMAIN = "flowbench-domain"
@@ -240,40 +250,63 @@ def fidelity_metrics(
     reference_cache: tuple[Path, str] | None = None,
 ) -> dict[str, float]:
     """FID, IS, KID and precision/recall (k = 3 nearest neighbours, Kynkaanniemi et al. 2019) of
-    ``generated`` against ``reference`` (uint8 images) via torch-fidelity.
+    ``generated`` against ``reference`` (uint8 images), all arithmetic torch-fidelity's own.
 
-    ``reference_cache`` = (folder, name) lets torch-fidelity keep the reference set's features on
-    disk; the name must identify the dataset, split, image count and extractor weights.
+    The steps are those of ``torch_fidelity.calculate_metrics``, with the generated images'
+    features extracted in shards: under torchrun each rank extracts its share (whole batches,
+    in order) and the features are gathered before any statistic, so the numbers equal a single
+    process's. The reference features come from torch-fidelity's cached extraction (rank 0
+    extracts them once; ``reference_cache`` = (folder, name) must identify the dataset, split,
+    image count and extractor weights). Statistics are computed on rank 0 and broadcast.
     """
-    cache = {}
-    if reference_cache is not None:
-        folder, name = reference_cache
-        recorded = verify_reference_cache(folder, name)
-        cache = {"cache": True, "cache_root": str(folder), "input2_cache_name": name}
-    out = torch_fidelity.calculate_metrics(
-        input1=ImageTensorDataset(generated),
-        input2=ImageTensorDataset(reference),
-        cuda=cuda,
-        batch_size=batch_size,
-        fid=True,
-        isc=isc,
-        kid=True,
-        prc=True,
-        kid_subset_size=min(kid_subset, len(generated), len(reference)),
-        feature_extractor=extractor,
-        feature_extractor_weights_path=None if weights_path is None else str(weights_path),
-        save_cpu_ram=True,
-        verbose=False,
-        **({"cache": False} | cache),
-    )
-    if reference_cache is not None:
-        record_reference_cache(folder, name, recorded)
-    return {
-        "fid": out["frechet_inception_distance"],
-        "is": out.get("inception_score_mean", float("nan")),
-        "is_std": out.get("inception_score_std", float("nan")),
-        "kid": out["kernel_inception_distance_mean"],
-        "kid_std": out["kernel_inception_distance_std"],
-        "precision": out["precision"],
-        "recall": out["recall"],
+    kwargs = {
+        "feature_extractor": extractor,
+        "feature_extractor_weights_path": None if weights_path is None else str(weights_path),
+        "batch_size": batch_size,
+        "cuda": cuda,
+        "save_cpu_ram": True,  # no DataLoader worker processes
+        "verbose": False,
+        "kid_subset_size": min(kid_subset, len(generated), len(reference)),
+        "cache": False,
     }
+    layers = {m: resolve_feature_layer_for_metric(m, **kwargs) for m in ("fid", "kid", "prc")}
+    if isc:
+        layers["isc"] = resolve_feature_layer_for_metric("isc", **kwargs)
+    fe = create_feature_extractor(extractor, sorted(set(layers.values())), **kwargs)
+
+    start, stop = dist.shard(len(generated), batch_size)
+    mine = generated[start:stop] if stop > start else generated[:1]  # an empty share: shapes only
+    local = get_featuresdict_from_dataset(
+        ImageTensorDataset(mine), fe, batch_size, cuda, save_cpu_ram=True, verbose=False
+    )
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    feats = {k: dist.gather_cat(v[: stop - start], device) for k, v in local.items()}
+
+    out: dict[str, float] | None = None
+    if dist.is_main():
+        ref_kwargs = {**kwargs, "input2": ImageTensorDataset(reference)}
+        if reference_cache is not None:
+            folder, name = reference_cache
+            recorded = verify_reference_cache(folder, name)
+            ref_kwargs |= {"cache": True, "cache_root": str(folder), "input2_cache_name": name}
+        ref = extract_featuresdict_from_input_id_cached(2, fe, **ref_kwargs)
+        if reference_cache is not None:
+            record_reference_cache(folder, name, recorded)
+        fid = fid_statistics_to_metric(
+            fid_featuresdict_to_statistics(feats, layers["fid"]),
+            fid_featuresdict_to_statistics(ref, layers["fid"]),
+            verbose=False,
+        )
+        kid = kid_featuresdict_to_metric(feats, ref, layers["kid"], **kwargs)
+        prc = prc_featuresdict_to_metric(feats, ref, layers["prc"], **kwargs)
+        isc_out = isc_featuresdict_to_metric(feats, layers["isc"], **kwargs) if isc else {}
+        out = {
+            "fid": fid["frechet_inception_distance"],
+            "is": isc_out.get("inception_score_mean", float("nan")),
+            "is_std": isc_out.get("inception_score_std", float("nan")),
+            "kid": kid["kernel_inception_distance_mean"],
+            "kid_std": kid["kernel_inception_distance_std"],
+            "precision": prc["precision"],
+            "recall": prc["recall"],
+        }
+    return dist.broadcast(out)

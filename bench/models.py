@@ -11,9 +11,9 @@ from torch import nn
 from bench.config import BenchConfig, config_hash
 from bench.data import DataError, Splits
 from bench.metrics import classifier_accuracy, train_domain_classifier
-from methods import checkpoint
-from methods.biflow import ReverseModel, biflow_losses
-from methods.tarflow import TarFlow
+from methods import checkpoint, dist
+from methods.biflow import ReverseModel, biflow_objective
+from methods.tarflow import TarFlow, nll_objective
 from methods.training import train
 
 # Bump when a change to the code makes old checkpoints of the same config mean something else.
@@ -67,15 +67,17 @@ class ModelStore:
     def _obtain(self, kind: str, key: str, model: nn.Module, spec: dict, fit) -> nn.Module:
         path = self.cache_dir / f"{key}.pt"
         state = self._state_path(key)
-        if path.exists() and self._may_load(path):
+        # Under torchrun rank 0 decides; every rank then trains (DDP) or loads alike.
+        if dist.broadcast(path.exists() and self._may_load(path)):
             meta = checkpoint.load(path, kind, spec, model, key=key)
             source = "cache"
         elif not self.train_allowed:
             raise FileNotFoundError(f"{path}: no cached {kind} checkpoint, and training is off")
         else:
             meta = fit(state)
-            checkpoint.save(path, kind, spec, model, meta, key=key)
-            state.unlink(missing_ok=True)
+            if dist.is_main():
+                checkpoint.save(path, kind, spec, model, meta, key=key)
+                state.unlink(missing_ok=True)
             source = "trained"
         self.records[kind] = {
             "source": source,
@@ -95,14 +97,9 @@ class ModelStore:
 
         def fit(state: Path) -> dict:
             flow.to(self.device)
-
-            def loss(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-                eps = torch.randn(x.shape, generator=g).to(x.device)
-                return flow.nll_loss(x + cfg.tarflow.noise_std * eps)
-
             return train(
                 flow,
-                loss,
+                nll_objective(cfg.tarflow.noise_std),
                 self.splits.train,
                 cfg.tarflow_train,
                 "tarflow",
@@ -134,7 +131,7 @@ class ModelStore:
             g.to(self.device)
             return train(
                 g,
-                lambda x, gen: biflow_losses(g, flow, x, gen)["loss"],
+                biflow_objective(flow),
                 self.splits.train,
                 cfg.biflow_train,
                 "biflow reverse",
@@ -154,11 +151,16 @@ class ModelStore:
                 "in a subfolder of data.root"
             )
         path = self.cache_dir / f"{self._key('domain', cfg)}.pt"
-        if path.exists() and self._may_load(path):
+        if dist.broadcast(path.exists() and self._may_load(path)):
             source, meta = "cache", {}
             checkpoint.load_payload(path, "domain_classifier", key=path.stem)
-        else:
-            source, meta = "trained", train_domain_classifier(s.train, s.train_labels, cfg, path)
+        else:  # a small evaluation network: rank 0 trains it, the other ranks read its file
+            source = "trained"
+            meta = dist.broadcast(
+                train_domain_classifier(s.train, s.train_labels, cfg, path)
+                if dist.is_main()
+                else None
+            )
         acc = classifier_accuracy(path, s.holdout, s.holdout_labels)
         self.records["domain_classifier"] = {
             "source": source,

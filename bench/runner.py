@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -27,7 +28,7 @@ from bench.flops import count_flops, matmul_peak
 from bench.models import ModelStore
 from bench.quality import Scorer
 from bench.timing import calibration_workload, measure_interleaved, peak_memory
-from methods import atomic, faults
+from methods import atomic, dist, faults
 from methods.base import Sampler, noise_for_seeds, to_uint8
 from methods.biflow import inversion_error
 from methods.tarflow import bits_per_dim
@@ -47,11 +48,17 @@ class Stages:
 
     @contextmanager
     def stage(self, name: str):
-        print(f"[bench] {name} ...", flush=True)
+        say(f"[bench] {name} ...")
         t0 = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - t0, 3)
-        print(f"[bench] {name}: {self.seconds[name]:.1f} s", flush=True)
+        say(f"[bench] {name}: {self.seconds[name]:.1f} s")
+
+
+def say(text: str) -> None:
+    """Progress on stdout, from rank 0 only under torchrun."""
+    if dist.is_main():
+        print(text, flush=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,6 +104,8 @@ def environment(device: torch.device) -> dict:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "world_size": dist.world(),  # processes under torchrun; 1 for a plain run
+        "dist_backend": torch.distributed.get_backend() if dist.active() else "n/a",
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         **{f"{p}_version": version(p) for p in ("torch", "torchvision", "torch-fidelity")},
@@ -106,7 +115,8 @@ def environment(device: torch.device) -> dict:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    atomic.write_text(path, json.dumps(obj, indent=2, default=str))
+    if dist.is_main():
+        atomic.write_text(path, json.dumps(obj, indent=2, default=str))
 
 
 def score_sampler(
@@ -117,25 +127,42 @@ def score_sampler(
     run_dir: Path,
     scorer: Scorer,
 ) -> dict:
-    """Draw the scored images: counts, quality, the sample grid."""
+    """Draw the scored images: counts, quality, the sample grid.
+
+    Under torchrun each rank draws a contiguous run of whole batches of the seeds (the batches a
+    single process would draw) and the images are gathered in seed order before scoring."""
     ev = cfg.eval
-    with tqdm(total=len(seeds), desc=f"sample {sampler.name}", unit="img", mininterval=1.0) as bar:
+    start, stop = dist.shard(len(seeds), ev.batch_size)
+    mine = seeds[start:stop] or seeds[:1]  # an empty share still learns the NFE
+    with tqdm(
+        total=len(mine),
+        desc=f"sample {sampler.name}",
+        unit="img",
+        mininterval=1.0,
+        disable=not dist.is_main(),
+    ) as bar:
 
         def on_batch(n: int) -> None:
             bar.update(n)
             faults.point(f"sample:{sampler.name}:{bar.n}")
 
-        res = sampler.sample(seeds, ev.batch_size, on_batch)
+        res = sampler.sample(mine, ev.batch_size, on_batch)
+    images = dist.gather_cat(res.images[: stop - start], device)
+    dist.agree([res.nfe, res.sequential_steps])
     grid = run_dir / f"samples_{sampler.name}.png"
-    images = res.images[: ev.grid].float() / 255
-    atomic.atomic_write(grid, lambda p: save_image(images, p, nrow=int(ev.grid**0.5), format="png"))
+    if dist.is_main():
+        shown = images[: ev.grid].float() / 255
+        atomic.atomic_write(
+            grid, lambda p: save_image(shown, p, nrow=int(ev.grid**0.5), format="png")
+        )
     return {
         "nfe": res.nfe,
         "sequential_steps": res.sequential_steps,
         "params": sampler.num_params(),
-        "sample_wall_s": res.wall_s,
-        "nonfinite": res.n_nonfinite,
-        **scorer.score(res.images),
+        "sample_wall_s": dist.maximum(res.wall_s),  # the slowest rank's
+        "nonfinite": int(dist.mean(float(res.n_nonfinite), device) * dist.world()),
+        "images_sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest(),
+        **scorer.score(images),
         "grid": grid.name,
     }
 
@@ -290,7 +317,8 @@ class Parts:
             raise BenchError(f"{path}: unreadable ({e}); delete it to measure it again") from None
 
     def put(self, name: str, value: dict | list) -> None:
-        atomic.write_text(self.dir / f"{name}.json", json.dumps(value, indent=1, default=str))
+        if dist.is_main():
+            atomic.write_text(self.dir / f"{name}.json", json.dumps(value, indent=1, default=str))
 
 
 def _seeds(cfg: BenchConfig) -> dict:
@@ -354,31 +382,19 @@ def run(
     base = config_path.resolve().parent if config_path else Path.cwd()
     for m in cfg.methods:
         methods.get(m)  # unknown names fail before any work
-    device = resolve_device(cfg.device)
+    device = dist.init(resolve_device(cfg.device))  # joins the process group under torchrun
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     resolved = to_dict(cfg)
     started = datetime.now(UTC)
-    run_dir = resume or out or Path("results") / f"{cfg.name}-{started:%Y%m%d-%H%M%S}"
-    previous: dict | None = None
-    if resume is None and (run_dir / "run.json").is_file():
-        try:
-            status = json.loads((run_dir / "run.json").read_text()).get("status")
-        except (ValueError, AttributeError) as e:
-            raise ConfigError(f"--out {run_dir}: holds an unreadable run.json ({e})") from None
-        if status == "complete":
-            raise ConfigError(
-                f"--out {run_dir}: already holds a finished run; choose another folder"
-            )
-        print(f"[bench] {run_dir} holds an unfinished run ({status}): resuming it", flush=True)
-        resume = run_dir
-    if resume is not None:
-        previous = _check_resumable(run_dir, resolved)
-        if previous.get("status") == "complete":
-            print(f"[bench] {run_dir}: already complete; report regenerated", flush=True)
+    # Rank 0 decides where the run goes and whether it resumes; every rank follows.
+    located = _on_main(lambda: _locate(cfg, resolved, started, out, resume, retrain))
+    run_dir, previous, retrain = located
+    if previous is not None and previous.get("status") == "complete":
+        if dist.is_main():
+            say(f"[bench] {run_dir}: already complete; report regenerated")
             report.write(run_dir)
-            return run_dir
-        retrain = previous.get("retrain", retrain)
+        return run_dir
     # Wall time of each stage; a resumed run keeps the earlier attempts' times of stages it reuses.
     stages = Stages(dict(previous.get("stages", {})) if previous else {})
     with stages.stage("data"):
@@ -389,12 +405,16 @@ def run(
                 f"image size {splits.image_size} of data {splits.name!r}"
             )
     env = environment(device)  # before the run folder exists: git status must not see it
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BenchError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
-    print("[bench] resolved config:\n" + yaml.safe_dump(resolved, sort_keys=False), flush=True)
-    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    def make_folder() -> None:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BenchError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
+        say("[bench] resolved config:\n" + yaml.safe_dump(resolved, sort_keys=False))
+        atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    _on_main(make_folder)
     attempt = {"started": started.isoformat(), "pid": os.getpid()}
     info: dict = previous or {
         "started": started.isoformat(),
@@ -423,9 +443,54 @@ def run(
         )
         _write_json(run_dir / "run.json", info)
         raise
-    report.write(run_dir)
-    print(f"[bench] report: {run_dir / 'report.md'}", flush=True)
+    if dist.is_main():
+        report.write(run_dir)
+        say(f"[bench] report: {run_dir / 'report.md'}")
+    dist.barrier()  # the other ranks wait for rank 0's single-process stages and report
+    dist.shutdown()
     return run_dir
+
+
+def _on_main(fn):
+    """``fn()`` on rank 0, its result (or its exception) on every rank."""
+    result: tuple[bool, object] | None = None
+    if dist.is_main():
+        try:
+            result = (True, fn())
+        except Exception as e:  # handed to the other ranks, then raised everywhere
+            result = (False, e)
+    ok, value = dist.broadcast(result)
+    if not ok:
+        raise value
+    return value
+
+
+def _locate(
+    cfg: BenchConfig,
+    resolved: dict,
+    started: datetime,
+    out: Path | None,
+    resume: Path | None,
+    retrain: bool,
+) -> tuple[Path, dict | None, bool]:
+    """The run folder, the unfinished run in it to continue (its run.json), and --retrain."""
+    run_dir = resume or out or Path("results") / f"{cfg.name}-{started:%Y%m%d-%H%M%S}"
+    if resume is None and (run_dir / "run.json").is_file():
+        try:
+            status = json.loads((run_dir / "run.json").read_text()).get("status")
+        except (ValueError, AttributeError) as e:
+            raise ConfigError(f"--out {run_dir}: holds an unreadable run.json ({e})") from None
+        if status == "complete":
+            raise ConfigError(
+                f"--out {run_dir}: already holds a finished run; choose another folder"
+            )
+        say(f"[bench] {run_dir} holds an unfinished run ({status}): resuming it")
+        resume = run_dir
+    previous = None
+    if resume is not None:
+        previous = _check_resumable(run_dir, resolved)
+        retrain = previous.get("retrain", retrain)
+    return run_dir, previous, retrain
 
 
 def _measure_all(
@@ -444,7 +509,7 @@ def _measure_all(
         """Run a stage once: its result is saved under parts/ and reused on resume."""
         done = parts.get(part)
         if done is not None:
-            print(f"[bench] {title}: kept from an earlier attempt", flush=True)
+            say(f"[bench] {title}: kept from an earlier attempt")
             return done
         with stages.stage(title):
             value = compute()
@@ -512,6 +577,33 @@ def _measure_all(
             },
         )
         rows.append(row)
+
+    def anchors() -> list[dict]:
+        shape = (splits.channels, splits.image_size, splits.image_size)
+        noise, _ = to_uint8(noise_for_seeds(seeds, shape))
+        real = splits.real_anchor[: cfg.eval.num_samples]
+        return [
+            {
+                "method": label,
+                "variant": "-",
+                "dataset": splits.name,
+                "extractors": ",".join(cfg.metrics.extractors),
+                "seed": cfg.eval.seed,
+                "device": str(device),
+                **scorer.score(images),
+                "unavailable": dict(scorer.unavailable),
+            }
+            for label, images in (
+                ("anchor: gaussian noise", noise),
+                ("anchor: held-out real", real),
+            )
+        ]
+
+    anchor_rows = stage("anchors", "anchors", anchors)
+
+    if not dist.is_main():
+        return  # the rest runs on rank 0 alone: timings, FLOPs, memory, likelihood, tables
+
     timing = stage(
         "timing sweep (samplers interleaved)",
         "timing",
@@ -547,29 +639,6 @@ def _measure_all(
         row.update(timings[row["method"]])
         row.update(mem[row["method"]])
 
-    def anchors() -> list[dict]:
-        shape = (splits.channels, splits.image_size, splits.image_size)
-        noise, _ = to_uint8(noise_for_seeds(seeds, shape))
-        real = splits.real_anchor[: cfg.eval.num_samples]
-        return [
-            {
-                "method": label,
-                "variant": "-",
-                "dataset": splits.name,
-                "extractors": ",".join(cfg.metrics.extractors),
-                "seed": cfg.eval.seed,
-                "device": str(device),
-                **scorer.score(images),
-                "unavailable": dict(scorer.unavailable),
-            }
-            for label, images in (
-                ("anchor: gaussian noise", noise),
-                ("anchor: held-out real", real),
-            )
-        ]
-
-    rows += stage("anchors", "anchors", anchors)
-
     def likelihood() -> dict:
         extra: dict = {}
         if "flow" not in {need for n in cfg.methods for need in methods.get(n).needs}:
@@ -585,6 +654,7 @@ def _measure_all(
 
     extra = stage("likelihood and baseline fairness", "likelihood", likelihood)
 
+    rows += anchor_rows
     unavailable: dict[str, str] = {}
     for row in rows:
         unavailable |= row.pop("unavailable", {})

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods import dist
 from methods.base import DEFAULT_SAMPLING, Sampler, SamplingConfig
 from methods.registry import register
 from methods.tarflow import TarFlow
@@ -84,18 +85,21 @@ class ReverseModel(nn.Module):
 
 
 def normalised_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE divided by the target's variance over the batch, so no state's scale dominates."""
-    return F.mse_loss(pred, target) / target.var().detach().clamp_min(1e-6)
+    """MSE divided by the target's variance over the batch, so no state's scale dominates (the
+    whole batch's variance under torchrun, where each rank holds a share of the batch)."""
+    return F.mse_loss(pred, target) / dist.variance(target.detach()).clamp_min(1e-6)
 
 
 def biflow_losses(
-    g: ReverseModel, flow: TarFlow, x: torch.Tensor, generator: torch.Generator
+    g: nn.Module, flow: TarFlow, x: torch.Tensor, eps: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Hidden alignment and reconstruction losses for clean images x (b, C, H, W) in [-1, 1]."""
-    eps = torch.randn(x.shape, generator=generator).to(x.device)
+    """Hidden alignment and reconstruction losses for clean images x (b, C, H, W) in [-1, 1]
+    and standard normal noise eps of the same shape. ``g`` is the ReverseModel, or its
+    DistributedDataParallel wrapper (whose forward must be the call that runs G)."""
     with torch.no_grad():
         z, _, states = flow(x + flow.cfg.noise_std * eps, keep_states=True)  # h_0 .. h_K
     x_hat, hidden = g(z, keep_hidden=True)
+    g = getattr(g, "module", g)
     k = len(g.stages)
     align = (
         sum(
@@ -107,6 +111,15 @@ def biflow_losses(
     recon = F.mse_loss(x_hat, flow.to_tokens(x))
     total = g.cfg.align_weight * align + g.cfg.recon_weight * recon
     return {"loss": total, "align": align.detach(), "recon": recon.detach()}
+
+
+def biflow_objective(flow: TarFlow):
+    """The training loss ``loss(net, x, eps)`` of a reverse model against the frozen ``flow``."""
+
+    def loss(net: nn.Module, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return biflow_losses(net, flow, x, eps)["loss"]
+
+    return loss
 
 
 @torch.no_grad()

@@ -173,12 +173,26 @@ class TarFlow(nn.Module):
 
     def nll_loss(self, x_noisy: torch.Tensor) -> torch.Tensor:
         """Training loss per dimension: 0.5 mean(z^2) - mean(logdet) (constants dropped)."""
-        z, logdet, _ = self(x_noisy)
-        return 0.5 * z.pow(2).mean() - logdet.mean() / z[0].numel()
+        return nll(*self(x_noisy)[:2])
 
     def networks(self) -> list[nn.Module]:
         """Units of network evaluation: the whole flow (a parallel pass) and each block's net."""
         return [self, *(b.net for b in self.blocks)]
+
+
+def nll(z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
+    """The NLL per dimension from a forward pass's outputs (constants dropped)."""
+    return 0.5 * z.pow(2).mean() - logdet.mean() / z[0].numel()
+
+
+def nll_objective(noise_std: float):
+    """The training loss ``loss(net, x, eps)`` of a TarFlow: NLL of x + noise_std * eps, with the
+    forward pass through ``net`` (the flow, or its DistributedDataParallel wrapper)."""
+
+    def loss(net: nn.Module, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return nll(*net(x + noise_std * eps)[:2])
+
+    return loss
 
 
 def bits_per_dim(flow: TarFlow, x: torch.Tensor, generator: torch.Generator) -> float:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from methods import checkpoint, faults
+from methods import checkpoint, dist, faults
 from methods.validate import check
 
 
@@ -50,9 +50,15 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+# loss(net, x, eps): ``net`` is the module to call for the forward pass (the model, or its
+# DistributedDataParallel wrapper), x a batch of images in [-1, 1], eps standard normal noise of
+# x's shape drawn by the training loop.
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def train(
     model: nn.Module,
-    loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    loss_fn: Objective,
     data: torch.Tensor,
     cfg: TrainConfig,
     desc: str,
@@ -60,10 +66,16 @@ def train(
     state_path: Path | None = None,
     save_every: int = 0,
 ) -> dict:
-    """Minimise ``loss_fn(batch, generator)`` over batches of ``data`` (uint8 images, on CPU).
+    """Minimise ``loss_fn(net, batch, eps)`` over batches of ``data`` (uint8 images, on CPU).
 
-    Batches are drawn without replacement within an epoch, in an order fixed by ``cfg.seed``;
-    ``loss_fn`` draws its noise from the same generator, so a run on CPU is deterministic.
+    Batches are drawn without replacement within an epoch, in an order fixed by ``cfg.seed``,
+    and the noise ``eps`` of each batch comes from the same generator, so a run on CPU is
+    deterministic.
+
+    Under torchrun (world size N > 1) the model is wrapped in DistributedDataParallel and each
+    rank takes its 1/N of every batch, and the matching rows of the batch's noise: the ranks
+    together see exactly the batches and noise of a single-process run, and DDP's gradient
+    average over equal shares is the full batch's mean gradient. Only rank 0 writes files.
 
     With ``state_path`` and ``save_every`` > 0, the whole training state (model, optimiser,
     scheduler, step, batch order, generator) is saved there atomically every ``save_every``
@@ -72,6 +84,7 @@ def train(
     steps, seconds, final loss, a coarse loss history.
     """
     g = torch.Generator().manual_seed(cfg.seed)
+    share = dist.local_slice(cfg.batch_size)  # the whole batch in a single process
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
@@ -93,10 +106,19 @@ def train(
         resumed_from = first
         print(f"[train] {desc}: resuming at step {first} from {state_path}", flush=True)
     model.train()
+    net = model
+    if dist.world() > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     t0 = time.perf_counter()
     last_saved = resumed_from
 
     def save_state(step: int) -> None:
+        if not dist.is_main():
+            return
         checkpoint.save_payload(
             state_path,
             {
@@ -121,6 +143,7 @@ def train(
         unit="step",
         dynamic_ncols=True,
         mininterval=1.0,
+        disable=not dist.is_main(),
         initial=first,
         total=cfg.steps,
     )
@@ -129,22 +152,23 @@ def train(
             order, cursor = torch.randperm(len(data), generator=g), 0
         idx = order[cursor : cursor + cfg.batch_size]
         cursor += cfg.batch_size
-        x = data[idx].to(device).float() / 127.5 - 1.0
-        loss = loss_fn(x, g)
-        if not torch.isfinite(loss):
+        eps = torch.randn((len(idx), *data.shape[1:]), generator=g)
+        x = data[idx[share]].to(device).float() / 127.5 - 1.0
+        loss = loss_fn(net, x, eps[share].to(device))
+        value = dist.mean(loss.item(), device)  # the whole batch's loss, on every rank
+        if not math.isfinite(value):
             kept = (
                 f"; the last good training state (step {last_saved}) is kept in {state_path}"
                 if last_saved is not None
                 else ""
             )
-            raise NonFiniteLossError(f"{desc}: loss became {loss.item()} at step {step}{kept}")
+            raise NonFiniteLossError(f"{desc}: loss became {value} at step {step}{kept}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
-        value = loss.item()
         ema = value if ema is None else 0.98 * ema + 0.02 * value
         if step % 10 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{ema:.4f}")

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from methods.biflow import BiFlowConfig, ReverseModel, biflow_losses
-from methods.tarflow import TarFlow, TarFlowConfig
+from methods.biflow import BiFlowConfig, ReverseModel, biflow_objective
+from methods.tarflow import TarFlow, TarFlowConfig, nll_objective
 from methods.training import TrainConfig, train
 
 TINY = TarFlowConfig(patch_size=4, width=32, depth=1, blocks=2, heads=2, mlp_ratio=2, norm_clip=3.0)
@@ -22,10 +22,7 @@ def trained_flow(digits) -> TarFlow:
     flow = TarFlow(TINY, 1, 28)
     cfg = TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup_steps=5)
 
-    def loss(x, g):
-        return flow.nll_loss(x + TINY.noise_std * torch.randn(x.shape, generator=g))
-
-    train(flow, loss, digits, cfg, "test tarflow", torch.device("cpu"))
+    train(flow, nll_objective(TINY.noise_std), digits, cfg, "test tarflow", torch.device("cpu"))
     return flow.requires_grad_(False)
 
 
@@ -36,7 +33,7 @@ def trained_reverse(trained_flow, digits) -> ReverseModel:
     cfg = TrainConfig(steps=20, batch_size=32, lr=3e-3, warmup_steps=5)
     train(
         g,
-        lambda x, gen: biflow_losses(g, trained_flow, x, gen)["loss"],
+        biflow_objective(trained_flow),
         digits,
         cfg,
         "test biflow",

@@ -19,13 +19,20 @@ pytestmark = pytest.mark.slow
 
 
 def run_smoke(
-    out: Path | None, cache: Path, *extra: str, kill_at: str = "", config: str = "smoke.yaml"
+    out: Path | None,
+    cache: Path,
+    *extra: str,
+    kill_at: str = "",
+    config: str = "smoke.yaml",
+    nproc: int = 1,
 ) -> subprocess.CompletedProcess:
     """``configs/<config>`` into ``out`` (None: ``extra`` names the folder) with its models and
     reference statistics cached in ``cache``; ``kill_at``: the methods.faults point where the
-    process SIGKILLs itself."""
+    process SIGKILLs itself; ``nproc`` > 1: launched by torchrun as that many processes."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [
         sys.executable,
+        *(launcher if nproc > 1 else ()),
         "-m",
         "bench",
         "run",
@@ -39,6 +46,8 @@ def run_smoke(
     ]
     # An empty torch home: no cached standard-Inception weights, as on a fresh offline machine.
     env = {**os.environ, "TORCH_HOME": str(cache / "torch_home"), "FLOWBENCH_KILL_AT": kill_at}
+    if nproc > 1:
+        env["OMP_NUM_THREADS"] = "1"  # 2 processes on 2 cores
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     if not kill_at:
         assert res.returncode == 0, res.stderr[-3000:]
@@ -50,8 +59,9 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     first = run_smoke(tmp / "first", tmp / "cache")
     # Warm cache: loads every model. Without the offline Inception, which the first run covers.
+    # Launched by torchrun as 2 processes (gloo): sampling and feature extraction are sharded.
     second = run_smoke(
-        tmp / "second", tmp / "cache", "--set", "metrics.extractors=[domain,inception]"
+        tmp / "second", tmp / "cache", "--set", "metrics.extractors=[domain,inception]", nproc=2
     )
     return tmp / "first", tmp / "second", first, second
 
@@ -116,11 +126,18 @@ def test_counts_and_anchors(runs):
 
 
 def test_warm_cache_loads_models_and_reproduces_the_metrics(runs):
+    """The second run loads the first run's models and runs as 2 torchrun processes: each draws
+    and extracts features for its share of the seeds; the images (all of them, by digest) and
+    every metric equal the single-process run's."""
     first, second, _, second_log = runs
     info = json.loads((second / "run.json").read_text())
     assert {m["source"] for m in info["models"].values()} == {"cache"}
+    assert info["environment"]["world_size"] == 2
+    assert info["environment"]["dist_backend"] == "gloo"
     a, b = pd.read_csv(first / "results.csv"), pd.read_csv(second / "results.csv")
-    for col in ("nfe", "fid_domain", "is_domain", "kid_domain"):
+    cols = ("nfe", "images_sha256", "n_samples")
+    metrics = ("fid", "is", "kid", "precision", "recall")
+    for col in (*cols, *(f"{m}_domain" for m in metrics)):
         pd.testing.assert_series_equal(a[col], b[col])
     assert (first / "samples_biflow.png").read_bytes() == (
         second / "samples_biflow.png"

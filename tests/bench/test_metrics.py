@@ -45,14 +45,14 @@ def test_metrics_do_not_depend_on_the_feature_batch_size(domain, digits):
         assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6)  # KID sits near 0
 
 
-def test_a_corrupted_cached_statistics_file_is_refused_by_name(domain, digits, tmp_path):
+def test_a_corrupted_cached_reference_file_is_refused_by_name(domain, digits, tmp_path):
     from bench.metrics import CacheIntegrityError
 
     cache = (tmp_path / "stats", "digits-ref")
     first = fidelity_metrics(digits[:64], digits[64:192], DOMAIN, domain, 32, reference_cache=cache)
     again = fidelity_metrics(digits[:64], digits[64:192], DOMAIN, domain, 32, reference_cache=cache)
     assert again == first  # served from the verified cache
-    stat = next((tmp_path / "stats").glob("digits-ref-*stat*.pt"))
+    stat = next((tmp_path / "stats").glob("digits-ref-*features*.pt"))
     data = bytearray(stat.read_bytes())
     data[len(data) // 2] ^= 0xFF
     stat.write_bytes(bytes(data))

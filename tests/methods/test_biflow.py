@@ -25,7 +25,8 @@ def test_training_reduces_both_losses(trained_flow, digits):
     x = digits[:32].float() / 127.5 - 1
     first = None
     for _ in range(30):
-        losses = biflow_losses(g, trained_flow, x, torch.Generator().manual_seed(0))
+        eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+        losses = biflow_losses(g, trained_flow, x, eps)
         first = first or {k: v.item() for k, v in losses.items()}
         opt.zero_grad()
         losses["loss"].backward()
