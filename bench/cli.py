@@ -1,5 +1,5 @@
 """Command line: ``python -m bench run CONFIG [--out DIR | --resume DIR] [--set key=value ...]
-[--retrain]`` and ``python -m bench report RUN_DIR...``."""
+[--retrain | --dry-run]`` and ``python -m bench report RUN_DIR...``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench import dryrun
 from bench.compare import CompareError, compare, load_results, render, thresholds
 from bench.config import ConfigError, load_config
 from bench.data import DataError
@@ -54,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         help="finish an interrupted run: resume training, keep finished stages",
     )
     r.add_argument("--retrain", action="store_true", help="ignore the checkpoint cache")
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the models, print parameters and FLOPs per image, run one training step and "
+        "one sampling call on CPU, and exit; writes nothing",
+    )
     c = sub.add_parser(
         "compare",
         help="compare two runs metric by metric; exit 1 on a regression, 2 on unusable input",
@@ -84,11 +91,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _dry_run(cfg, args: argparse.Namespace) -> int:
+    given = [f for f, v in (("--out", args.out), ("--resume", args.resume)) if v is not None]
+    if args.retrain:
+        given.append("--retrain")
+    if given:
+        raise ConfigError(f"--dry-run writes and keeps nothing: drop {', '.join(given)}")
+    result = dryrun.dry_run(cfg, args.config)
+    print(dryrun.render(result), flush=True)
+    for problem in result.problems():
+        print(f"error: {problem}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             cfg = load_config(args.config, args.overrides)
+            if args.dry_run:
+                return _dry_run(cfg, args)
             if args.resume is not None and args.out is not None:
                 raise ConfigError("--out and --resume: give one (--resume names the run folder)")
             run(cfg, args.config, args.out, args.retrain, args.resume)

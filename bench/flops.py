@@ -5,9 +5,57 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 from bench.timing import measure
+
+# torch counts its CUDA attention kernels but not the CPU one that scaled_dot_product_attention
+# dispatches to on CPU, which would leave attention out of every CPU count. Registered here with
+# torch's formula scaled to the query-key pairs the kernel computes: all of them, except with
+# is_causal, where a query sees only the keys up to its own position (so a causal forward pass
+# and the causal decoding of the same flow count the same attention). An explicit mask (the
+# compiled decoder's static cache) is computed in full and counted in full. On CUDA, torch's
+# own formulas apply (they count causal attention in full).
+_aten = torch.ops.aten
+
+
+def _causal_share(q_len: int, k_len: int, is_causal: bool) -> float:
+    if not is_causal:
+        return 1.0
+    pairs = sum(min(k_len, k_len - q_len + i + 1) for i in range(q_len))  # bottom-right aligned
+    return pairs / (q_len * k_len)
+
+
+if _aten._scaled_dot_product_flash_attention_for_cpu not in torch.utils.flop_counter.flop_registry:
+
+    @register_flop_formula(_aten._scaled_dot_product_flash_attention_for_cpu)
+    def _cpu_sdpa(
+        query_shape, key_shape, value_shape, dropout_p=0.0, is_causal=False, *a, **kw
+    ) -> int:
+        share = _causal_share(query_shape[-2], key_shape[-2], is_causal)
+        return round(sdpa_flop_count(query_shape, key_shape, value_shape) * share)
+
+    @register_flop_formula(_aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _cpu_sdpa_backward(
+        grad_out_shape,
+        query_shape,
+        key_shape,
+        value_shape,
+        out_shape_,
+        logsumexp_shape,
+        dropout_p=0.0,
+        is_causal=False,
+        *a,
+        **kw,
+    ) -> int:
+        share = _causal_share(query_shape[-2], key_shape[-2], is_causal)
+        flops = sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+        return round(flops * share)
 
 
 def count_flops(fn: Callable[[], object]) -> int:

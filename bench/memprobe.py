@@ -33,8 +33,11 @@ def main(argv: list[str]) -> int:
     store = ModelStore(cfg, shape_only, Path(cache), torch.device("cpu"), train_allowed=False)
     cls = methods.get(method)
     models = {n: store.get(n) for n in cls.needs}
-    sampler = cls.from_models(models, torch.device("cpu"), cfg.sampling)
+    sampling = cfg.sampling.for_device(torch.device("cpu"))
+    sampler = cls.from_models(models, torch.device("cpu"), sampling)
     sampler.sample([0], 1)  # lazy initialisation, not part of the measurement
+    if sampling.compile:
+        sampler.sample([0, 1], 2)  # compiled with dynamic sizes at the first batch above 1
     seeds = list(range(int(batch)))
     with peak_memory(torch.device("cpu")) as mem:
         baseline = proc_status_mb("VmRSS")

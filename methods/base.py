@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+
+from methods.validate import FieldError, check
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,27 @@ class SamplingConfig:
     """Implementation switches of sampling that leave the trained models alone."""
 
     kv_cache: bool = True  # causal decoding with a key/value cache; off: recompute the prefix
+    precision: str = "fp32"  # fp32, or bf16 (torch.autocast around every sampling call)
+    compile: bool = False  # torch.compile each sampler's networks (the causal decoding step)
+    cuda_graphs: bool = False  # with compile, on CUDA: mode="reduce-overhead" (CUDA graphs)
+
+    def __post_init__(self) -> None:
+        check(self, precision=("fp32", "bf16"))
+        if self.cuda_graphs and not self.compile:
+            raise FieldError("cuda_graphs", True, "true only with sampling.compile: true")
+
+    def for_device(self, device: torch.device) -> SamplingConfig:
+        """The switches that take effect on ``device``: a GPU-only one falls back with one
+        warning line on stderr."""
+        if self.cuda_graphs and device.type != "cuda":
+            print(
+                f"warning: sampling.cuda_graphs needs a CUDA device (running on {device}); "
+                "compiling without CUDA graphs",
+                file=sys.stderr,
+                flush=True,
+            )
+            return replace(self, cuda_graphs=False)
+        return self
 
 
 DEFAULT_SAMPLING = SamplingConfig()
@@ -98,8 +122,28 @@ class Sampler(ABC):
 
     name: str = ""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, device: torch.device, sampling: SamplingConfig = DEFAULT_SAMPLING) -> None:
+        self.device, self.sampling = device, sampling
+        if sampling.compile:
+            self._compile()
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The modules whose ``forward`` torch.compile replaces (``sampling.compile``)."""
+        return self.networks()
+
+    def _compile(self) -> None:
+        """Replace each target's ``forward`` by its compiled version. Calls still go through the
+        module (so the NFE hooks count them, eagerly); compilation itself happens at the first
+        call of each shape, which the runner times apart from the steady state."""
+        mode = "reduce-overhead" if self.sampling.cuda_graphs else None
+        for m in self.compile_targets():
+            if getattr(m, "_flowbench_compiled", False):  # models shared by two samplers
+                continue
+            if hasattr(m, "compile_step"):  # compiles only the path sampling takes
+                m.compile_step(mode)
+            else:
+                m.forward = torch.compile(m.forward, mode=mode, dynamic=True)
+            m._flowbench_compiled = True
 
     needs: tuple[str, ...] = ()  # trained models from_models expects, by name ("flow", ...)
 
@@ -140,7 +184,7 @@ class Sampler(ABC):
         for start in range(0, len(seeds), batch_size):
             z = noise_for_seeds(seeds[start : start + batch_size], self.noise_shape())
             before = counter.count
-            with counter.watch():
+            with counter.watch(), self._precision():
                 x = self.generate(z.to(self.device))
             nfes.add(counter.count - before)
             img, n_bad = to_uint8(x.float().cpu())
@@ -154,6 +198,10 @@ class Sampler(ABC):
             raise RuntimeError(f"{self.name}: NFE differs between batches: {sorted(nfes)}")
         nfe = nfes.pop()
         return SampleResult(torch.cat(images), nfe, self.sequential_steps(nfe), wall, bad)
+
+    def _precision(self):
+        bf16 = self.sampling.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def num_params(self) -> int:
         """Parameters of the networks sampling runs (each counted once)."""

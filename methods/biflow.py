@@ -153,9 +153,15 @@ class BiFlowSampler(Sampler):
 
     needs = ("flow", "reverse")
 
-    def __init__(self, reverse: ReverseModel, flow: TarFlow, device: torch.device) -> None:
-        super().__init__(device)
+    def __init__(
+        self,
+        reverse: ReverseModel,
+        flow: TarFlow,
+        device: torch.device,
+        sampling: SamplingConfig = DEFAULT_SAMPLING,
+    ) -> None:
         self.g, self.flow = reverse.eval(), flow
+        super().__init__(device, sampling)
 
     @classmethod
     def from_models(
@@ -164,7 +170,7 @@ class BiFlowSampler(Sampler):
         device: torch.device,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
     ) -> BiFlowSampler:
-        return cls(models["reverse"], models["flow"], device)
+        return cls(models["reverse"], models["flow"], device, sampling)
 
     def networks(self) -> list[nn.Module]:
         return [self.g]

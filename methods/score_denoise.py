@@ -27,5 +27,5 @@ class ScoreDenoiseSampler(TarFlowSampler):
     """K x (T - 1) decoding evaluations plus one forward/backward pass of the whole flow."""
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.flow.reverse(z, cached=self.cached)
+        x = self.flow.reverse(z, cached=self.cached, static=self.static)
         return tweedie_step(self.flow, x, self.flow.cfg.noise_std)

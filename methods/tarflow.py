@@ -60,11 +60,27 @@ class CausalNet(nn.Module):
         self.proj_out = nn.Linear(cfg.width, 2 * dim)
         nn.init.zeros_(self.proj_out.weight)  # every block starts as the identity map
         nn.init.zeros_(self.proj_out.bias)
+        self._compiled_step = None  # set by compile_step (sampling.compile)
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """torch.compile the static-shape decoding step (the forward pass, the growing-cache and
+        uncached paths stay eager). Batch 1 and larger batches compile once each."""
+        self._compiled_step = torch.compile(self._forward, mode=mode, dynamic=True)
 
     def forward(
-        self, x: torch.Tensor, caches: list[KVCache] | None = None, pos: int = 0
+        self, x: torch.Tensor, caches: list[KVCache] | None = None, pos: int | torch.Tensor = 0
     ) -> torch.Tensor:
-        h = self.proj_in(x) + self.pos[pos : pos + x.shape[1]]
+        if self._compiled_step is not None and isinstance(pos, torch.Tensor):
+            return self._compiled_step(x, caches, pos)
+        return self._forward(x, caches, pos)
+
+    def _forward(
+        self, x: torch.Tensor, caches: list[KVCache] | None, pos: int | torch.Tensor
+    ) -> torch.Tensor:
+        if isinstance(pos, torch.Tensor):  # a static-shape decoding step: one token at pos
+            h = self.proj_in(x) + self.pos.index_select(0, pos)
+        else:
+            h = self.proj_in(x) + self.pos[pos : pos + x.shape[1]]
         for i, layer in enumerate(self.layers):
             h = layer(h, causal=True, cache=None if caches is None else caches[i], pos=pos)
         return self.proj_out(self.norm(h))
@@ -98,8 +114,11 @@ class FlowBlock(nn.Module):
         return self.order(z), -a.sum(dim=(1, 2))
 
     @torch.no_grad()
-    def reverse(self, z: torch.Tensor, cached: bool = True) -> torch.Tensor:
-        """Exact inverse, one token at a time: x_{t+1} = z_{t+1} exp(a_{t+1}) + b_{t+1}."""
+    def reverse(self, z: torch.Tensor, cached: bool = True, static: bool = False) -> torch.Tensor:
+        """Exact inverse, one token at a time: x_{t+1} = z_{t+1} exp(a_{t+1}) + b_{t+1}.
+
+        ``static``: every step has the same shapes (a full-length masked cache, the position
+        as a tensor), which a compiled network needs to be compiled once, not once a step."""
         zp = self.order(z)
         n, t_total, _ = zp.shape
         x = torch.empty_like(zp)
@@ -107,12 +126,12 @@ class FlowBlock(nn.Module):
         caches = None
         if cached:
             hd = self.cfg.width // self.cfg.heads
-            caches = [
-                KVCache(n, self.cfg.heads, t_total, hd, zp) for _ in range(len(self.net.layers))
-            ]
+            caches = [KVCache(n, self.cfg.heads, t_total, hd, zp, static) for _ in self.net.layers]
+        positions = torch.arange(t_total, device=z.device)
         for t in range(t_total - 1):
             if cached:
-                out = self.net(x[:, t : t + 1], caches, pos=t)[:, 0]  # (b, 2D)
+                pos = positions[t : t + 1] if static else t
+                out = self.net(x[:, t : t + 1], caches, pos=pos)[:, 0]  # (b, 2D)
             else:
                 out = self.net(x[:, : t + 1])[:, -1]
             a, b = self.affine(out)
@@ -159,10 +178,10 @@ class TarFlow(nn.Module):
         return h, logdet, states
 
     @torch.no_grad()
-    def reverse(self, z: torch.Tensor, cached: bool = True) -> torch.Tensor:
+    def reverse(self, z: torch.Tensor, cached: bool = True, static: bool = False) -> torch.Tensor:
         """Noise tokens z (b, T, D) -> image (b, C, H, W) by exact causal decoding."""
         for block in reversed(self.blocks):
-            z = block.reverse(z, cached=cached)
+            z = block.reverse(z, cached=cached, static=static)
         return self.to_image(z)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,9 +236,14 @@ class TarFlowSampler(Sampler):
 
     needs = ("flow",)
 
-    def __init__(self, flow: TarFlow, device: torch.device, cached: bool = True) -> None:
-        super().__init__(device)
-        self.flow, self.cached = flow.eval(), cached
+    def __init__(
+        self, flow: TarFlow, device: torch.device, sampling: SamplingConfig = DEFAULT_SAMPLING
+    ) -> None:
+        self.flow = flow.eval()
+        self.cached = sampling.kv_cache
+        # A compiled decoding step needs the same shapes every step: see KVCache.
+        self.static = sampling.compile and sampling.kv_cache
+        super().__init__(device, sampling)
 
     @classmethod
     def from_models(
@@ -228,13 +252,17 @@ class TarFlowSampler(Sampler):
         device: torch.device,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
     ) -> TarFlowSampler:
-        return cls(models["flow"], device, cached=sampling.kv_cache)
+        return cls(models["flow"], device, sampling)
 
     def networks(self) -> list[nn.Module]:
         return self.flow.networks()
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The decoding step: each block's network (the score step's pass stays eager)."""
+        return [b.net for b in self.flow.blocks]
 
     def noise_shape(self) -> tuple[int, ...]:
         return (self.flow.tokens, self.flow.dim)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        return self.flow.reverse(z, cached=self.cached)
+        return self.flow.reverse(z, cached=self.cached, static=self.static)

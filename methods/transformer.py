@@ -8,11 +8,46 @@ from torch import nn
 
 
 class KVCache:
-    """Preallocated keys/values of one attention layer: decoding writes one position a step."""
+    """Keys/values of one attention layer: decoding writes one position a step.
 
-    def __init__(self, batch: int, heads: int, tokens: int, head_dim: int, like: torch.Tensor):
-        self.k = like.new_empty(batch, heads, tokens, head_dim)  # (b, h, t, d)
-        self.v = like.new_empty(batch, heads, tokens, head_dim)
+    The default cache attends to the ``pos + 1`` filled positions, so each step's shapes grow.
+    A ``static`` cache keeps every shape fixed for torch.compile (and CUDA graphs): the step's
+    position is a tensor, keys/values are written with ``index_copy_`` and the query attends to
+    the full length with the unfilled positions masked out (zero-initialised, weight exactly 0).
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        heads: int,
+        tokens: int,
+        head_dim: int,
+        like: torch.Tensor,
+        static: bool = False,
+    ) -> None:
+        shape = (batch, heads, tokens, head_dim)  # (b, h, t, d)
+        # Keys come out of a Linear: under autocast in its lower precision, else like's dtype.
+        dtype = like.dtype
+        if torch.is_autocast_enabled(like.device.type):
+            dtype = torch.get_autocast_dtype(like.device.type)
+        alloc = torch.zeros if static else torch.empty
+        self.k = alloc(shape, dtype=dtype, device=like.device)
+        self.v = alloc(shape, dtype=dtype, device=like.device)
+        self.static = static
+
+    def write(self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self.static:
+            self.k.index_copy_(2, pos, k)
+            self.v.index_copy_(2, pos, v)
+        else:
+            self.k[:, :, pos] = k[:, :, 0]
+            self.v[:, :, pos] = v[:, :, 0]
+
+    def attend(self, q: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
+        if self.static:
+            filled = (torch.arange(self.k.shape[2], device=q.device) <= pos)[None]  # (1, t)
+            return F.scaled_dot_product_attention(q, self.k, self.v, attn_mask=filled)
+        return F.scaled_dot_product_attention(q, self.k[:, :, : pos + 1], self.v[:, :, : pos + 1])
 
 
 class Attention(nn.Module):
@@ -25,7 +60,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width)
 
     def forward(
-        self, x: torch.Tensor, causal: bool, cache: KVCache | None = None, pos: int = 0
+        self,
+        x: torch.Tensor,
+        causal: bool,
+        cache: KVCache | None = None,
+        pos: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         b, t, w = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
@@ -34,11 +73,8 @@ class Attention(nn.Module):
         else:
             # One new token at position `pos` attends to itself and every cached one before it.
             assert t == 1, "the key/value cache decodes one token at a time"
-            cache.k[:, :, pos] = k[:, :, 0]
-            cache.v[:, :, pos] = v[:, :, 0]
-            out = F.scaled_dot_product_attention(
-                q, cache.k[:, :, : pos + 1], cache.v[:, :, : pos + 1]
-            )
+            cache.write(pos, k, v)
+            out = cache.attend(q, pos)
         return self.proj(out.transpose(1, 2).reshape(b, t, w))
 
 
@@ -55,7 +91,11 @@ class Layer(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, causal: bool, cache: KVCache | None = None, pos: int = 0
+        self,
+        x: torch.Tensor,
+        causal: bool,
+        cache: KVCache | None = None,
+        pos: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), causal, cache, pos)
         return x + self.mlp(self.norm2(x))

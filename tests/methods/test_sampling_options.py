@@ -1,0 +1,80 @@
+"""The sampling switches of issue 6: static-shape decoding, torch.compile, bf16 autocast, and the
+GPU-only switches on a machine without CUDA."""
+
+import pytest
+import torch
+
+from methods.base import SamplingConfig
+from methods.biflow import BiFlowSampler
+from methods.tarflow import TarFlowSampler
+from methods.validate import FieldError
+
+CPU = torch.device("cpu")
+
+
+def test_static_shape_decoding_equals_the_growing_cache(trained_flow):
+    """The masked full-length cache (what a compiled step needs) decodes the same images."""
+    z = torch.randn(
+        4, trained_flow.tokens, trained_flow.dim, generator=torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(
+        trained_flow.reverse(z, static=True), trained_flow.reverse(z), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_compiled_samplers_draw_the_same_images_and_count_the_same_nfe(
+    trained_flow, trained_reverse
+):
+    """torch.compile of the decoding step (TarFlow) and of G (BiFlow): compiled once per shape
+    class (batch 1, then any larger batch), the NFE hooks still count every evaluation. (The
+    score-denoised sampler compiles the same decoding step.)"""
+    import copy
+
+    flow, reverse = copy.deepcopy(trained_flow), copy.deepcopy(trained_reverse)
+    compiled = SamplingConfig(compile=True)
+    seeds = [0, 1, 2]
+    for eager, fast in (
+        (TarFlowSampler(trained_flow, CPU), TarFlowSampler(flow, CPU, compiled)),
+        (
+            BiFlowSampler(trained_reverse, trained_flow, CPU),
+            BiFlowSampler(reverse, flow, CPU, compiled),
+        ),
+    ):
+        a, b = eager.sample(seeds, 3), fast.sample(seeds, 3)
+        assert fast.sample(seeds[:1], 1).nfe == a.nfe  # batch 1 compiles its own graph
+        assert a.nfe == b.nfe and a.sequential_steps == b.sequential_steps
+        diff = (a.images.int() - b.images.int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3, eager.name
+
+
+def test_bf16_autocast_samples_close_to_fp32_with_the_same_nfe(trained_flow, trained_reverse):
+    bf16 = SamplingConfig(precision="bf16")
+    seeds = [0, 1]
+    for fp32, low in (
+        (TarFlowSampler(trained_flow, CPU), TarFlowSampler(trained_flow, CPU, bf16)),
+        (
+            BiFlowSampler(trained_reverse, trained_flow, CPU),
+            BiFlowSampler(trained_reverse, trained_flow, CPU, bf16),
+        ),
+    ):
+        a, b = fp32.sample(seeds, 2), low.sample(seeds, 2)
+        assert a.nfe == b.nfe
+        assert b.n_nonfinite == 0
+        # bf16 keeps 8 bits of mantissa: images move by a few grey levels, not more.
+        assert (a.images.float() - b.images.float()).abs().mean() < 8, fp32.name
+
+
+def test_cuda_graphs_fall_back_on_cpu_with_one_warning_line(capsys):
+    cfg = SamplingConfig(compile=True, cuda_graphs=True)
+    assert cfg.for_device(CPU) == SamplingConfig(compile=True)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: sampling.cuda_graphs needs a CUDA")
+    assert cfg.for_device(torch.device("cuda")) is cfg  # kept where CUDA is the device
+
+
+def test_bad_sampling_switches_are_refused_by_name():
+    with pytest.raises(FieldError, match="precision: got 'fp16'; allowed: one of 'fp32', 'bf16'"):
+        SamplingConfig(precision="fp16")
+    with pytest.raises(FieldError, match="cuda_graphs: got True; allowed: true only with"):
+        SamplingConfig(cuda_graphs=True)
