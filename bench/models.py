@@ -55,6 +55,10 @@ class ModelStore:
 
     def _key(self, kind: str, *parts: object) -> str:
         data = asdict(self.cfg.data)
+        # The expected shape only checks the data (the actual shape is part of the key), so
+        # configs that state it share checkpoints with those that do not.
+        for check_only in ("image_size", "channels"):
+            data.pop(check_only)
         return f"{kind}-{config_hash(kind, CODE_VERSION, data, self._shape(), *parts)}"
 
     def _may_load(self, path: Path) -> bool:
