@@ -45,7 +45,9 @@ class Scorer:
         name = f"{self.dataset}-reference{n}-{extractor}-{weights}".replace("/", "_")
         return self.stats_dir, name
 
-    def score(self, images: torch.Tensor) -> dict[str, float]:
+    def score(self, images: torch.Tensor, inception: bool = True) -> dict[str, float]:
+        """Every configured metric of ``images``; ``inception=False``: the domain extractor's
+        only (the Gaussian-noise anchor, whose Inception numbers would say nothing)."""
         m, kid = self.cfg.metrics, self.cfg.eval.kid_subset
         q = fidelity_metrics(
             images,
@@ -63,6 +65,8 @@ class Scorer:
         }
         n = min(m.inception_samples, len(images), len(self.ref))
         gen, ref = images[:n], self.ref[:n]
+        if not inception:
+            return cols
         if "inception_offline" in m.extractors:
             try:
                 q = fidelity_metrics(

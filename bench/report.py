@@ -222,7 +222,8 @@ def render(run_dir: Path, links: str = "") -> str:
         )
         if "rel_err_vs_exact_inverse_on_prior" in inv:
             lik.append(
-                f"- BiFlow against exact decoding on prior noise z ~ N(0, I): "
+                f"- BiFlow against exact decoding on prior noise z ~ N(0, I)"
+                f"{' (' + str(inv['prior_draws']) + ' draws)' if 'prior_draws' in inv else ''}: "
                 f"||G(z) - F^-1(z)|| / ||F^-1(z)|| = "
                 f"{inv['rel_err_vs_exact_inverse_on_prior']:.3f} (G's output is denoised, "
                 f"F^-1's is not)"
