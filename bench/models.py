@@ -10,7 +10,6 @@ from torch import nn
 
 from bench.config import BenchConfig, config_hash
 from bench.data import DataError, Splits
-from bench.metrics import classifier_accuracy, train_domain_classifier
 from methods import checkpoint, dist
 from methods.biflow import ReverseModel, biflow_objective
 from methods.tarflow import TarFlow, nll_objective
@@ -148,6 +147,10 @@ class ModelStore:
 
     def classifier(self) -> tuple[Path, float]:
         """Path of the domain classifier (trained or cached) and its held-out accuracy."""
+        # Imported here: bench.metrics pulls in torch-fidelity (and torchvision's models), ~2.5 s
+        # that the memory probes, which never need the classifier, should not pay.
+        from bench.metrics import classifier_accuracy, train_domain_classifier
+
         s, cfg = self.splits, self.cfg.classifier
         if s.train_labels is None:
             raise DataError(
