@@ -9,7 +9,6 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -649,19 +648,12 @@ def _measure_all(
         )
 
     def memory() -> dict:
-        if device.type == "cuda":  # one allocator: one sampler at a time
-            return {
-                n: sampler_memory(n, s, cfg, run_dir, cache_dir, splits, device)
-                for n, s in samplers.items()
-            }
-        # On CPU each probe is its own process and reads its own high-water mark, so probes
-        # can share the cores without changing what they measure.
-        with ThreadPoolExecutor(max_workers=max(1, min(len(samplers), os.cpu_count() or 1))) as ex:
-            futures = {
-                n: ex.submit(sampler_memory, n, s, cfg, run_dir, cache_dir, splits, device)
-                for n, s in samplers.items()
-            }
-            return {n: f.result() for n, f in futures.items()}
+        # One probe at a time: side by side, their thread pools oversubscribe the cores (the
+        # stage took 2x longer on 2 cores), though each reads its own high-water mark.
+        return {
+            n: sampler_memory(n, s, cfg, run_dir, cache_dir, splits, device)
+            for n, s in samplers.items()
+        }
 
     mem = stage("peak memory", "memory", memory)
     for row in rows:
