@@ -4,11 +4,13 @@ Most cases call ``bench.cli.main`` in-process (the code path of ``python -m benc
 interpreter start-up); a few run the real command in a subprocess.
 """
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.cli import main
 
@@ -156,3 +158,24 @@ def test_an_output_folder_with_a_garbled_run_json(tmp_path, capsys):
     (run / "run.json").write_text('{"status": "runn')  # torn by something other than us
     assert main(["run", SMOKE, "--out", str(run)]) == 2
     assert f"--out {run}: holds an unreadable run.json" in capsys.readouterr().err
+
+
+def test_device_auto_is_the_cpu_without_cuda(monkeypatch):
+    from bench.runner import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_gpu_check_refuses_without_cuda_in_one_line():
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert res.returncode != 0
+    assert res.stderr.strip().startswith("error: no CUDA device visible to torch")
+    assert res.stderr.strip().count("\n") == 0
