@@ -27,7 +27,7 @@ _aten = torch.ops.aten
 def _causal_share(q_len: int, k_len: int, is_causal: bool) -> float:
     if not is_causal:
         return 1.0
-    pairs = sum(min(k_len, k_len - q_len + i + 1) for i in range(q_len))  # bottom-right aligned
+    pairs = sum(min(k_len, i + 1) for i in range(q_len))  # top-left aligned, as torch's is_causal
     return pairs / (q_len * k_len)
 
 

@@ -18,7 +18,7 @@ from bench.inception import (
     with_download_timeout,
 )
 from bench.metrics import DOMAIN, fidelity_metrics
-from methods import faults
+from methods import dist, faults
 
 
 class Scorer:
@@ -44,6 +44,25 @@ class Scorer:
     def _cache(self, extractor: str, n: int, weights: str) -> tuple[Path, str]:
         name = f"{self.dataset}-reference{n}-{extractor}-{weights}".replace("/", "_")
         return self.stats_dir, name
+
+    def _standard_weights(self) -> tuple[bool, str | None]:
+        """Whether the standard Inception can run, and its weights path (None: torch-fidelity's
+        own hub cache); why not goes to ``unavailable``. Rank 0 looks and every rank follows its
+        answer, so all ranks take the same metric path under torchrun."""
+        if "inception" in self.unavailable:
+            return False, None
+        found: tuple[bool, str | None] | None = None
+        if dist.is_main():
+            m = self.cfg.metrics
+            try:
+                found = (True, standard_weights(m.inception_weights, m.allow_download))
+            except UnavailableError as e:
+                found = (False, str(e))
+        ok, value = dist.broadcast(found)
+        if not ok:
+            self.unavailable["inception"] = value
+            return False, None
+        return True, value
 
     def score(self, images: torch.Tensor, inception: bool = True) -> dict[str, float]:
         """Every configured metric of ``images``; ``inception=False``: the domain extractor's
@@ -90,9 +109,11 @@ class Scorer:
                     )
             except UnavailableError as e:
                 self.unavailable["inception_offline"] = str(e)
-        if "inception" in m.extractors and "inception" not in self.unavailable:
+        available, weights = (
+            self._standard_weights() if "inception" in m.extractors else (False, None)
+        )
+        if available:
             try:
-                weights = standard_weights(m.inception_weights, m.allow_download)
                 q = with_download_timeout(
                     lambda: fidelity_metrics(
                         gen,

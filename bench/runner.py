@@ -160,7 +160,7 @@ def score_sampler(
         "sequential_steps": res.sequential_steps,
         "params": sampler.num_params(),
         "sample_wall_s": dist.maximum(res.wall_s),  # the slowest rank's
-        "nonfinite": int(dist.mean(float(res.n_nonfinite), device) * dist.world()),
+        "nonfinite": dist.total(res.n_nonfinite if stop > start else 0, device),
         "images_sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest(),
         **scorer.score(images),
         "grid": grid.name,
@@ -448,7 +448,7 @@ def run(
     if dist.is_main():
         report.write(run_dir)
         say(f"[bench] report: {run_dir / 'report.md'}")
-    dist.barrier()  # the other ranks wait for rank 0's single-process stages and report
+    # The other ranks left after the last collective stage (anchors); rank 0 ran the rest alone.
     dist.shutdown()
     return run_dir
 
@@ -456,14 +456,17 @@ def run(
 def _on_main(fn):
     """``fn()`` on rank 0, its result (or its exception) on every rank."""
     result: tuple[bool, object] | None = None
+    error: Exception | None = None
     if dist.is_main():
         try:
             result = (True, fn())
-        except Exception as e:  # handed to the other ranks, then raised everywhere
-            result = (False, e)
+        except Exception as e:  # raised here as is; the other ranks get its message
+            error, result = e, (False, f"{type(e).__name__}: {e}")
     ok, value = dist.broadcast(result)
+    if error is not None:
+        raise error
     if not ok:
-        raise value
+        raise BenchError(f"rank 0: {value}")
     return value
 
 

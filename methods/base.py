@@ -28,6 +28,8 @@ class SamplingConfig:
         check(self, precision=("fp32", "bf16"))
         if self.cuda_graphs and not self.compile:
             raise FieldError("cuda_graphs", True, "true only with sampling.compile: true")
+        if self.compile and not self.kv_cache:  # only the cached decoding step is compiled
+            raise FieldError("compile", True, "true only with sampling.kv_cache: true")
 
     def for_device(self, device: torch.device) -> SamplingConfig:
         """The switches that take effect on ``device``: a GPU-only one falls back with one

@@ -118,11 +118,21 @@ def variance(t: torch.Tensor) -> torch.Tensor:
     process."""
     if not active():
         return t.var()
-    stats = torch.stack([t.sum(), t.pow(2).sum(), torch.tensor(t.numel(), device=t.device)])
-    stats = stats.double()
+    t = t.double()  # float64 sums: the one-pass formula cancels badly in float32
+    stats = torch.stack([t.sum(), t.pow(2).sum(), torch.tensor(float(t.numel()), device=t.device)])
     dist.all_reduce(stats)
     total, squares, n = stats.unbind()
     return ((squares - total * total / n) / (n - 1)).to(t.dtype)
+
+
+def total(value: int, device: torch.device) -> int:
+    """The sum of an integer over ranks."""
+    if not active():
+        return value
+    comm = device if device.type == "cuda" else torch.device("cpu")
+    v = torch.tensor([value], dtype=torch.int64, device=comm)
+    dist.all_reduce(v)
+    return int(v.item())
 
 
 def maximum(value: float) -> float:

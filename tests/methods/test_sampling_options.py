@@ -78,3 +78,5 @@ def test_bad_sampling_switches_are_refused_by_name():
         SamplingConfig(precision="fp16")
     with pytest.raises(FieldError, match="cuda_graphs: got True; allowed: true only with"):
         SamplingConfig(cuda_graphs=True)
+    with pytest.raises(FieldError, match="compile: got True; allowed: true only with sampling.kv"):
+        SamplingConfig(compile=True, kv_cache=False)
