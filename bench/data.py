@@ -117,6 +117,17 @@ def _folder(root: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     return x.contiguous(), y
 
 
+def check_shape(cfg: DataConfig, name: str, channels: int, image_size: int) -> None:
+    """The images' shape against the config's expected one (``data.image_size``/``channels``;
+    0: anything)."""
+    for field, want, got in (
+        ("image_size", cfg.image_size, image_size),
+        ("channels", cfg.channels, channels),
+    ):
+        if want and want != got:
+            raise DataError(f"data.{field}: got {want}, but the images of {name!r} have {got}")
+
+
 def load(cfg: DataConfig, base: Path) -> Splits:
     """Load the configured dataset and split it deterministically by ``cfg.split_seed``."""
     root = (base / cfg.root) if cfg.root else base
@@ -131,12 +142,7 @@ def load(cfg: DataConfig, base: Path) -> Splits:
         name = f"folder:{root.name}"
     if images.shape[-1] != images.shape[-2]:
         raise DataError(f"data: images are {tuple(images.shape[-2:])}; only square images work")
-    for field, want, got in (
-        ("image_size", cfg.image_size, images.shape[-1]),
-        ("channels", cfg.channels, images.shape[1]),
-    ):
-        if want and want != got:
-            raise DataError(f"data.{field}: got {want}, but the images of {name!r} have {got}")
+    check_shape(cfg, name, channels=images.shape[1], image_size=images.shape[-1])
     g = torch.Generator().manual_seed(cfg.split_seed)
     order = torch.randperm(len(images), generator=g)
     if cfg.limit:

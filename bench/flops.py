@@ -27,7 +27,9 @@ _aten = torch.ops.aten
 def _causal_share(q_len: int, k_len: int, is_causal: bool) -> float:
     if not is_causal:
         return 1.0
-    pairs = sum(min(k_len, i + 1) for i in range(q_len))  # top-left aligned, as torch's is_causal
+    # Top-left aligned, as torch's is_causal: query i sees keys 0..i (at most all k_len of them).
+    seen = min(q_len, k_len)
+    pairs = seen * (seen + 1) // 2 + (q_len - seen) * k_len
     return pairs / (q_len * k_len)
 
 

@@ -35,9 +35,7 @@ def main(argv: list[str]) -> int:
     models = {n: store.get(n) for n in cls.needs}
     sampling = cfg.sampling.for_device(torch.device("cpu"))
     sampler = cls.from_models(models, torch.device("cpu"), sampling)
-    sampler.sample([0], 1)  # lazy initialisation, not part of the measurement
-    if sampling.compile:
-        sampler.sample([0, 1], 2)  # compiled with dynamic sizes at the first batch above 1
+    sampler.first_calls([0, 1])  # lazy initialisation and compilation, not measured
     seeds = list(range(int(batch)))
     with peak_memory(torch.device("cpu")) as mem:
         baseline = proc_status_mb("VmRSS")

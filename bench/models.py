@@ -19,6 +19,18 @@ from methods.training import train
 CODE_VERSION = 1
 
 
+def build_flow(cfg: BenchConfig, channels: int, image_size: int) -> TarFlow:
+    """The configured TarFlow, initialised as its training starts (``tarflow_train.seed``)."""
+    torch.manual_seed(cfg.tarflow_train.seed)
+    return TarFlow(cfg.tarflow, channels, image_size)
+
+
+def build_reverse(cfg: BenchConfig, flow: TarFlow) -> ReverseModel:
+    """BiFlow's reverse model for ``flow``, initialised as its training starts."""
+    torch.manual_seed(cfg.biflow_train.seed)
+    return ReverseModel(cfg.biflow, flow.tokens, flow.dim, cfg.tarflow.blocks)
+
+
 class ModelStore:
     """Lazily provides the trained models a run needs; records how each was obtained."""
 
@@ -94,8 +106,7 @@ class ModelStore:
     def _flow(self) -> TarFlow:
         cfg = self.cfg
         key = self._flow_key()
-        torch.manual_seed(cfg.tarflow_train.seed)
-        flow = TarFlow(cfg.tarflow, self.splits.channels, self.splits.image_size)
+        flow = build_flow(cfg, self.splits.channels, self.splits.image_size)
         spec = checkpoint.spec_of(cfg.tarflow, **self._shape())
 
         def fit(state: Path) -> dict:
@@ -120,8 +131,7 @@ class ModelStore:
         cfg = self.cfg
         flow = self.get("flow")
         key = self._key("biflow", self._flow_key(), cfg.biflow, cfg.biflow_train)
-        torch.manual_seed(cfg.biflow_train.seed)
-        g = ReverseModel(cfg.biflow, flow.tokens, flow.dim, cfg.tarflow.blocks)
+        g = build_reverse(cfg, flow)
         spec = checkpoint.spec_of(
             cfg.biflow,
             tokens=flow.tokens,

@@ -575,8 +575,7 @@ def _measure_all(
         with stages.stage("compile (first calls of each sampler)"):
             for name, sampler in samplers.items():
                 t0 = time.perf_counter()
-                sampler.sample(seeds[:1], 1)
-                sampler.sample(seeds[:2], 2)
+                sampler.first_calls(seeds)
                 compile_s[name] = round(time.perf_counter() - t0, 3)
                 say(f"[bench] compiled {name}: {compile_s[name]:.1f} s")
         info["compile_s"] = compile_s

@@ -201,6 +201,14 @@ class Sampler(ABC):
         nfe = nfes.pop()
         return SampleResult(torch.cat(images), nfe, self.sequential_steps(nfe), wall, bad)
 
+    def first_calls(self, seeds: Sequence[int]) -> None:
+        """Sample at batch 1, and when compiled at batch 2 too: every lazy initialisation and,
+        with ``sampling.compile``, both compilations (batch 1, then dynamic sizes) happen here,
+        never inside a measurement."""
+        self.sample(seeds[:1], 1)
+        if self.sampling.compile:
+            self.sample(seeds[:2], 2)
+
     def _precision(self):
         bf16 = self.sampling.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)

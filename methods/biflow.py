@@ -69,6 +69,10 @@ class ReverseModel(nn.Module):
             for _ in range(flow_blocks)
         )
 
+    def training_only_params(self) -> int:
+        """Parameters of the alignment heads: used by the loss, never by sampling."""
+        return sum(p.numel() for p in self.align_heads.parameters())
+
     def forward(
         self, z: torch.Tensor, keep_hidden: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -183,7 +187,7 @@ class BiFlowSampler(Sampler):
 
     def num_params(self) -> int:
         """G without its alignment heads, which only training uses."""
-        heads = sum(p.numel() for p in self.g.align_heads.parameters())
+        heads = self.g.training_only_params()
         return super().num_params() - heads
 
     @torch.no_grad()

@@ -84,12 +84,17 @@ def local_slice(batch: int) -> slice:
     return slice(rank() * per, (rank() + 1) * per)
 
 
+def _comm(device: torch.device) -> torch.device:
+    """Where collectives move tensors: NCCL moves CUDA tensors, gloo CPU ones."""
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
 def gather_cat(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Concatenate every rank's ``t`` (same trailing shape, any length) in rank order; every
     rank receives the result, on the CPU."""
     if not active():
         return t
-    comm = device if device.type == "cuda" else torch.device("cpu")  # NCCL moves CUDA tensors
+    comm = _comm(device)
     n = torch.tensor([len(t)], device=comm)
     sizes = [torch.zeros_like(n) for _ in range(world())]
     dist.all_gather(sizes, n)
@@ -101,14 +106,20 @@ def gather_cat(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return torch.cat([p[: int(s.item())].cpu() for p, s in zip(parts, sizes, strict=True)])
 
 
+def _sum(value: float | int, dtype: torch.dtype, device: torch.device) -> float | int:
+    v = torch.tensor([value], dtype=dtype, device=_comm(device))
+    dist.all_reduce(v)
+    return v.item()
+
+
 def mean(value: float, device: torch.device) -> float:
     """The mean of a float over ranks (for logged losses: every rank logs the same number)."""
-    if not active():
-        return value
-    comm = device if device.type == "cuda" else torch.device("cpu")
-    v = torch.tensor([value], dtype=torch.float64, device=comm)
-    dist.all_reduce(v)
-    return v.item() / world()
+    return _sum(value, torch.float64, device) / world() if active() else value
+
+
+def total(value: int, device: torch.device) -> int:
+    """The sum of an integer over ranks."""
+    return int(_sum(value, torch.int64, device)) if active() else value
 
 
 @torch.no_grad()
@@ -118,21 +129,11 @@ def variance(t: torch.Tensor) -> torch.Tensor:
     process."""
     if not active():
         return t.var()
-    t = t.double()  # float64 sums: the one-pass formula cancels badly in float32
-    stats = torch.stack([t.sum(), t.pow(2).sum(), torch.tensor(float(t.numel()), device=t.device)])
+    d = t.double()  # float64 sums: the one-pass formula cancels badly in float32
+    stats = torch.stack([d.sum(), d.pow(2).sum(), torch.tensor(float(d.numel()), device=d.device)])
     dist.all_reduce(stats)
-    total, squares, n = stats.unbind()
-    return ((squares - total * total / n) / (n - 1)).to(t.dtype)
-
-
-def total(value: int, device: torch.device) -> int:
-    """The sum of an integer over ranks."""
-    if not active():
-        return value
-    comm = device if device.type == "cuda" else torch.device("cpu")
-    v = torch.tensor([value], dtype=torch.int64, device=comm)
-    dist.all_reduce(v)
-    return int(v.item())
+    sums, squares, n = stats.unbind()
+    return ((squares - sums * sums / n) / (n - 1)).to(t.dtype)
 
 
 def maximum(value: float) -> float:

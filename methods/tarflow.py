@@ -286,8 +286,9 @@ class TarFlowSampler(Sampler):
     ) -> None:
         self.flow = flow.eval()
         self.cached = sampling.kv_cache
-        # A compiled decoding step needs the same shapes every step: see KVCache.
-        self.static = sampling.compile and sampling.kv_cache
+        # A compiled decoding step needs the same shapes every step: see KVCache. (compile
+        # implies kv_cache: SamplingConfig refuses one without the other.)
+        self.static = sampling.compile
         super().__init__(device, sampling)
 
     @classmethod
