@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import dryrun
+from bench import dryrun, tables
 from bench.compare import CompareError, compare, load_results, render, thresholds
 from bench.config import ConfigError, load_config
 from bench.data import DataError
@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--out", type=Path, default=None, help="write here instead of RUN_DIR/report.md"
     )
+    tab = sub.add_parser(
+        "tables", help="paper-style tables (main, reverse, denoise, ablations) from a run folder"
+    )
+    tab.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    tab.add_argument(
+        "--out", type=Path, default=None, help="folder for the tables (default RUN_DIR/tables)"
+    )
     return p
 
 
@@ -136,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.out:
                     write_text(args.out, text)
                 print(text)
+        elif args.command == "tables":
+            print(tables.write(args.run_dir, args.out))
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -86,6 +86,7 @@ class EvalConfig:
     grid: int = 64  # images in each sample grid
     kid_subset: int = 250  # KID subset size (<= num_samples)
     sweep_batches: tuple[int, ...] = (1, 4, 16, 64)  # timing sweep (plus throughput_batch)
+    memory: bool = True  # peak memory of each sampler (CPU: one fresh process each, ~8 s)
 
     def __post_init__(self) -> None:
         check(
@@ -160,12 +161,44 @@ class CompareConfig:
         )
 
 
+TABLES = ("main", "reverse", "denoise", "ablations")  # what `bench tables` writes
+VARIANT_SECTIONS = ("tarflow", "tarflow_train", "biflow", "biflow_train", "sampling")
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One named sampler configuration: a registered method, and overrides of the sections that
+    define the models and how they are sampled (data, metrics and evaluation stay the run's, so
+    every variant is measured alike). Models a variant shares with others are trained once."""
+
+    name: str  # unique in the run: the results' `variant`, its grid, its stored parts
+    method: str  # a registered sampler
+    tables: tuple[str, ...] = ("main",)  # which `bench tables` tables list it
+    overrides: dict = field(default_factory=dict)  # dotted keys, e.g. biflow.align_weight: 0.0
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
+            raise FieldError("name", self.name, "letters, digits, _ and -")
+        bad = [t for t in self.tables if t not in TABLES]
+        if bad or not self.tables:
+            raise FieldError("tables", list(self.tables), f"a list of {', '.join(TABLES)}")
+        for key in self.overrides:
+            if str(key).split(".")[0] not in VARIANT_SECTIONS:
+                raise FieldError(
+                    "overrides",
+                    key,
+                    "dotted keys in the sections " + ", ".join(VARIANT_SECTIONS),
+                )
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     name: str = "default"  # names the run folder
     device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when available)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     methods: tuple[str, ...] = ("tarflow", "tarflow_score", "biflow")  # registered samplers
+    variants: tuple[VariantConfig, ...] = ()  # further named samplers (see VariantConfig)
+    replicates: int = 1  # run everything R times: training seeds + r, eval seed + r * samples
     cache_dir: str = "checkpoints"  # checkpoint cache; relative to the config file
     save_every: int = 100  # training state saved every N steps, so --resume continues; 0 = off
     data: DataConfig = field(default_factory=DataConfig)
@@ -180,11 +213,17 @@ class BenchConfig:
     compare: CompareConfig = field(default_factory=CompareConfig)
 
     def __post_init__(self) -> None:
-        check(self, threads=(0, None), save_every=(0, None))
+        check(self, threads=(0, None), save_every=(0, None), replicates=(1, None))
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
             raise FieldError("device", self.device, "cpu, cuda, cuda:N or auto")
-        if not self.methods:
-            raise FieldError("methods", list(self.methods), "a non-empty list of sampler names")
+        if not self.methods and not self.variants:
+            raise FieldError(
+                "methods", list(self.methods), "a non-empty list of sampler names (or variants)"
+            )
+        names = [*self.methods, *(v.name for v in self.variants)]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise FieldError("variants", dup, "names unique among methods and variants")
 
 
 def _type_name(tp: Any) -> str:
@@ -269,7 +308,29 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> BenchConf
             raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
     for assignment in overrides:
         _set_dotted(raw, assignment)
-    return _build(BenchConfig, raw)
+    cfg = _build(BenchConfig, raw)
+    for i in range(len(cfg.variants)):
+        variant_config(cfg, i)  # every variant's overrides are checked before any work
+    return cfg
+
+
+def variant_config(cfg: BenchConfig, index: int) -> BenchConfig:
+    """The run's config with variant ``index``'s overrides applied (and no variants)."""
+    v = cfg.variants[index]
+    raw = to_dict(cfg)
+    raw["methods"], raw["variants"] = [v.method], []
+    for key, value in v.overrides.items():
+        node = raw
+        *path, last = str(key).split(".")
+        for part in path:
+            node = node.get(part)
+            if not isinstance(node, dict):
+                raise ConfigError(f"variants[{index}].overrides.{key}: {part} is not a section")
+        node[last] = value
+    try:
+        return _build(BenchConfig, raw)
+    except ConfigError as e:
+        raise ConfigError(f"variants[{index}] ({v.name}): {e}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

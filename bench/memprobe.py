@@ -5,7 +5,9 @@ freed, so in-process readings depend on what ran before. Here a new interpreter 
 models one sampler needs (from the checkpoint cache, never training), draws one warm-up image,
 resets the kernel's high-water mark and samples one batch. Prints one JSON line.
 
-    python -m bench.memprobe CONFIG_YAML CACHE_DIR METHOD BATCH CHANNELS IMAGE_SIZE
+    python -m bench.memprobe CONFIG_YAML CACHE_DIR ENTRY BATCH CHANNELS IMAGE_SIZE
+
+ENTRY is the key of one of the run's entries (bench.variants): a method name, or a variant's.
 """
 
 from __future__ import annotations
@@ -21,19 +23,21 @@ from bench.config import load_config
 from bench.data import Splits
 from bench.models import ModelStore
 from bench.timing import peak_memory, proc_status_mb
+from bench.variants import entries
 
 
 def main(argv: list[str]) -> int:
-    config, cache, method, batch, channels, size = argv
+    config, cache, key, batch, channels, size = argv
     cfg = load_config(config)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     empty = torch.empty(0, int(channels), int(size), int(size), dtype=torch.uint8)
     shape_only = Splits("probe", empty, None, empty, None)
     store = ModelStore(cfg, shape_only, Path(cache), torch.device("cpu"), train_allowed=False)
-    cls = methods.get(method)
-    models = {n: store.get(n) for n in cls.needs}
-    sampling = cfg.sampling.for_device(torch.device("cpu"))
+    (entry,) = [e for e in entries(cfg) if e.key == key]
+    cls = methods.get(entry.method)
+    models = {n: store.get(n, entry.cfg) for n in cls.needs}
+    sampling = entry.cfg.sampling.for_device(torch.device("cpu"))
     sampler = cls.from_models(models, torch.device("cpu"), sampling)
     sampler.first_calls([0, 1])  # lazy initialisation and compilation, not measured
     seeds = list(range(int(batch)))

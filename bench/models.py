@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from bench.config import BenchConfig, config_hash
+from bench.config import BenchConfig, ClassifierConfig, ConfigError, config_hash
 from bench.data import DataError, Splits
 from methods import checkpoint, dist
 from methods.biflow import ReverseModel, biflow_objective
@@ -28,7 +28,15 @@ def build_flow(cfg: BenchConfig, channels: int, image_size: int) -> TarFlow:
 def build_reverse(cfg: BenchConfig, flow: TarFlow) -> ReverseModel:
     """BiFlow's reverse model for ``flow``, initialised as its training starts."""
     torch.manual_seed(cfg.biflow_train.seed)
-    return ReverseModel(cfg.biflow, flow.tokens, flow.dim, cfg.tarflow.blocks)
+    n = cfg.tarflow.num_classes
+    return ReverseModel(cfg.biflow, flow.tokens, flow.dim, cfg.tarflow.blocks, n)
+
+
+def feature_classifier_config(cfg: BenchConfig) -> ClassifierConfig:
+    """The network of BiFlow's feature loss: a CNN trained like the domain classifier but
+    narrower and from another seed, so the loss never optimises the network that scores FID."""
+    c = cfg.classifier
+    return replace(c, width=max(8, c.width * 2 // 3), seed=c.seed + 1)
 
 
 class ModelStore:
@@ -52,14 +60,21 @@ class ModelStore:
         self.records: dict[str, dict] = {}
         self._models: dict[str, nn.Module] = {}
 
-    def get(self, name: str) -> nn.Module:
-        if name not in self._models:
-            self._models[name] = {"flow": self._flow, "reverse": self._reverse}[name]()
-        return self._models[name]
+    def get(self, name: str, cfg: BenchConfig | None = None) -> nn.Module:
+        """The trained model ``name`` ("flow" or "reverse") of ``cfg`` (default: the run's); a
+        model several configs share is trained or loaded once."""
+        cfg = cfg or self.cfg
+        key = self._flow_key(cfg) if name == "flow" else self._reverse_key(cfg)
+        if key not in self._models:
+            build = {"flow": self._flow, "reverse": self._reverse}[name]
+            self._models[key] = build(cfg, key)
+        return self._models[key]
 
-    def loaded(self, name: str) -> bool:
-        """Whether this run has already trained or loaded the model ``name``."""
-        return name in self._models
+    def loaded(self, name: str, cfg: BenchConfig | None = None) -> bool:
+        """Whether this run has already trained or loaded the model ``name`` of ``cfg``."""
+        cfg = cfg or self.cfg
+        key = self._flow_key(cfg) if name == "flow" else self._reverse_key(cfg)
+        return key in self._models
 
     def _shape(self) -> dict[str, int]:
         return {"channels": self.splits.channels, "image_size": self.splits.image_size}
@@ -70,6 +85,7 @@ class ModelStore:
         # configs that state it share checkpoints with those that do not.
         for check_only in ("image_size", "channels"):
             data.pop(check_only)
+        parts = tuple(checkpoint.described(p) if is_dataclass(p) else p for p in parts)
         return f"{kind}-{config_hash(kind, CODE_VERSION, data, self._shape(), *parts)}"
 
     def _may_load(self, path: Path) -> bool:
@@ -94,7 +110,8 @@ class ModelStore:
                 checkpoint.save(path, kind, spec, model, meta, key=key)
                 state.unlink(missing_ok=True)
             source = "trained"
-        self.records[kind] = {
+        self.records[key] = {
+            "kind": kind,
             "source": source,
             "checkpoint": str(path),
             "params": sum(p.numel() for p in model.parameters()),
@@ -103,9 +120,25 @@ class ModelStore:
         }
         return model.to(self.device).eval().requires_grad_(False)
 
-    def _flow(self) -> TarFlow:
-        cfg = self.cfg
-        key = self._flow_key()
+    def _labels(self, cfg: BenchConfig) -> torch.Tensor | None:
+        """Training labels for class-conditional models (checked against tarflow.num_classes)."""
+        n = cfg.tarflow.num_classes
+        if not n:
+            return None
+        labels = self.splits.train_labels
+        if labels is None:
+            raise DataError(
+                "tarflow.num_classes > 0 needs class labels: put the images of each class in a "
+                "subfolder of data.root"
+            )
+        found = int(labels.max()) + 1
+        if found != n:
+            raise ConfigError(
+                f"tarflow.num_classes: got {n}; allowed: 0 or {found} (the classes of the data)"
+            )
+        return labels
+
+    def _flow(self, cfg: BenchConfig, key: str) -> TarFlow:
         flow = build_flow(cfg, self.splits.channels, self.splits.image_size)
         spec = checkpoint.spec_of(cfg.tarflow, **self._shape())
 
@@ -120,40 +153,82 @@ class ModelStore:
                 self.device,
                 state,
                 cfg.save_every,
+                self._labels(cfg),
             )
 
         return self._obtain("tarflow", key, flow, spec, fit)
 
-    def _flow_key(self) -> str:
-        return self._key("tarflow", self.cfg.tarflow, self.cfg.tarflow_train)
+    def _flow_key(self, cfg: BenchConfig | None = None) -> str:
+        cfg = cfg or self.cfg
+        return self._key("tarflow", cfg.tarflow, cfg.tarflow_train)
 
-    def _reverse(self) -> ReverseModel:
-        cfg = self.cfg
-        flow = self.get("flow")
-        key = self._key("biflow", self._flow_key(), cfg.biflow, cfg.biflow_train)
+    def _reverse_key(self, cfg: BenchConfig) -> str:
+        parts = [self._flow_key(cfg), cfg.biflow, cfg.biflow_train]
+        if cfg.biflow.feature_weight:
+            parts.append(feature_classifier_config(cfg))
+        return self._key("biflow", *parts)
+
+    def _reverse(self, cfg: BenchConfig, key: str) -> ReverseModel:
+        flow = self.get("flow", cfg)
         g = build_reverse(cfg, flow)
         spec = checkpoint.spec_of(
             cfg.biflow,
             tokens=flow.tokens,
             dim=flow.dim,
             flow_blocks=cfg.tarflow.blocks,
-            flow=self._flow_key(),
+            flow=self._flow_key(cfg),
+            **({"num_classes": cfg.tarflow.num_classes} if cfg.tarflow.num_classes else {}),
         )
 
         def fit(state: Path) -> dict:
             g.to(self.device)
+            features = self.feature_net(cfg) if cfg.biflow.feature_weight else None
             return train(
                 g,
-                biflow_objective(flow),
+                biflow_objective(flow, features),
                 self.splits.train,
                 cfg.biflow_train,
                 "biflow reverse",
                 self.device,
                 state,
                 cfg.save_every,
+                self._labels(cfg),
             )
 
         return self._obtain("biflow", key, g, spec, fit)
+
+    def feature_net(self, cfg: BenchConfig) -> nn.Module:
+        """The frozen feature network of BiFlow's feature loss: images in [-1, 1] -> features
+        (see feature_classifier_config); trained on the training split or loaded."""
+        from bench.metrics import DomainFeatureExtractor, train_domain_classifier
+
+        fcfg = feature_classifier_config(cfg)
+        path = self.cache_dir / f"{self._key('featurenet', fcfg)}.pt"
+        if path.stem in self._models:
+            return self._models[path.stem]
+        if dist.broadcast(path.exists() and self._may_load(path)):
+            checkpoint.load_payload(path, "domain_classifier", key=path.stem)
+            source, meta = "cache", {}
+        else:
+            s = self.splits
+            source = "trained"
+            meta = dist.broadcast(
+                train_domain_classifier(s.train, s.train_labels, fcfg, path)
+                if dist.is_main()
+                else None
+            )
+        net = DomainFeatureExtractor("feature-net", ["logits_unbiased"], path).net
+        self.records[path.stem] = {
+            "kind": "feature_net",
+            "source": source,
+            "checkpoint": str(path),
+            "width": fcfg.width,
+            "seed": fcfg.seed,
+            "role": "feature loss of BiFlow variants (never scores)",
+            **meta,
+        }
+        self._models[path.stem] = net.body.to(self.device).eval().requires_grad_(False)
+        return self._models[path.stem]
 
     def classifier(self) -> tuple[Path, float]:
         """Path of the domain classifier (trained or cached) and its held-out accuracy."""
@@ -180,6 +255,7 @@ class ModelStore:
             )
         acc = classifier_accuracy(path, s.holdout, s.holdout_labels)
         self.records["domain_classifier"] = {
+            "kind": "domain_classifier",
             "source": source,
             "checkpoint": str(path),
             "heldout_accuracy": acc,

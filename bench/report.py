@@ -102,6 +102,8 @@ def render(run_dir: Path, links: str = "") -> str:
     """report.md of a run folder; ``links`` prefixes the figure paths (for a report written
     elsewhere than the run folder)."""
     table = pd.read_csv(run_dir / "results.csv")
+    if "key" in table.columns:  # a sampler row is named by its entry: variant and replicate
+        table["method"] = table["key"].fillna(table["method"])
     info = json.loads((run_dir / "run.json").read_text())
     env, cfg, ds = info["environment"], info["config"], info["dataset"]
     ev = cfg["eval"]

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +28,7 @@ from bench.flops import count_flops, matmul_peak
 from bench.models import ModelStore
 from bench.quality import Scorer
 from bench.timing import calibration_workload, measure_interleaved, peak_memory
+from bench.variants import entries, replicate_config
 from methods import atomic, dist, faults
 from methods.base import Sampler, noise_for_seeds, to_uint8
 from methods.biflow import inversion_error
@@ -120,6 +121,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def score_sampler(
+    key: str,
     sampler: Sampler,
     cfg: BenchConfig,
     seeds: list[int],
@@ -136,7 +138,7 @@ def score_sampler(
     mine = seeds[start:stop] or seeds[:1]  # an empty share still learns the NFE
     with tqdm(
         total=len(mine),
-        desc=f"sample {sampler.name}",
+        desc=f"sample {key}",
         unit="img",
         mininterval=1.0,
         disable=not dist.is_main(),
@@ -144,21 +146,29 @@ def score_sampler(
 
         def on_batch(n: int) -> None:
             bar.update(n)
-            faults.point(f"sample:{sampler.name}:{bar.n}")
+            faults.point(f"sample:{key}:{bar.n}")
 
         res = sampler.sample(mine, ev.batch_size, on_batch)
     images = dist.gather_cat(res.images[: stop - start], device)
-    dist.agree([res.nfe, res.sequential_steps])
-    grid = run_dir / f"samples_{sampler.name}.png"
+    nfe, nfe_max, steps = res.nfe, res.nfe_max, res.sequential_steps
+    if sampler.fixed_nfe:
+        dist.agree([nfe, steps])
+    elif dist.active():  # adaptive (Jacobi): the mean over every rank's images
+        evaluations = round(res.nfe * (stop - start))  # image-evaluations of this rank
+        nfe = dist.total(evaluations, device) / len(seeds)
+        nfe_max, steps = dist.maximum(nfe_max), dist.maximum(steps)
+    grid = run_dir / f"samples_{key}.png"
     if dist.is_main():
         shown = images[: ev.grid].float() / 255
         atomic.atomic_write(
             grid, lambda p: save_image(shown, p, nrow=int(ev.grid**0.5), format="png")
         )
     return {
-        "nfe": res.nfe,
-        "sequential_steps": res.sequential_steps,
+        "nfe": nfe,
+        "nfe_max": nfe_max,
+        "sequential_steps": steps,
         "params": sampler.num_params(),
+        **(sampler.diagnostics(seeds) if dist.is_main() else {}),
         "sample_wall_s": dist.maximum(res.wall_s),  # the slowest rank's
         "nonfinite": dist.total(res.n_nonfinite if stop > start else 0, device),
         "images_sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest(),
@@ -168,14 +178,19 @@ def score_sampler(
 
 
 def time_samplers(
-    samplers: dict[str, Sampler], cfg: BenchConfig, device: torch.device
+    samplers: dict[str, Sampler],
+    cfg: BenchConfig,
+    device: torch.device,
+    baselines: dict[str, str] | None = None,
 ) -> tuple[dict[str, dict], list[dict]]:
     """Wall time per batch over a sweep of batch sizes, all samplers interleaved at each size.
 
     Returns the main-table columns per sampler (latency at batch 1, throughput at the
     throughput batch) and one sweep row per (sampler, batch), with the speedup over causal
-    decoding at the same batch size.
+    decoding at the same batch size (``baselines``: each sampler's causal decoder; default
+    the one called "tarflow").
     """
+    baselines = baselines or {n: "tarflow" for n in samplers}
     ev = cfg.eval
     calibrate = calibration_workload(device)
     batches = sorted(
@@ -205,7 +220,7 @@ def time_samplers(
             )
     by = {(r["method"], r["batch"]): r for r in sweep}
     for r in sweep:
-        base = by.get(("tarflow", r["batch"]))
+        base = by.get((baselines.get(r["method"]), r["batch"]))
         r["speedup_vs_tarflow"] = base["median_s"] / r["median_s"] if base else float("nan")
     main = {}
     for n in samplers:
@@ -228,10 +243,10 @@ def time_samplers(
 
 def sampler_flops(sampler: Sampler, device: torch.device) -> int:
     """FLOPs per image of one sampling call (two images, so nothing is batch-1 special)."""
-    z = noise_for_seeds([0, 1], sampler.noise_shape()).to(device)
+    z, y = sampler.inputs([0, 1])
     # A compiled sampler's code runs eagerly here: the same operations, visible to the counter.
     with torch.compiler.set_stance("force_eager"):
-        return count_flops(lambda: sampler.generate(z)) // 2
+        return count_flops(lambda: sampler.generate(z, y)) // 2
 
 
 def sampler_memory(
@@ -557,58 +572,73 @@ def _measure_all(
     )
     sampling = cfg.sampling.for_device(device)  # a GPU-only switch on CPU: one warning line
     info["sampling_effective"] = to_dict(sampling)
+    todo = entries(cfg)
     samplers: dict[str, Sampler] = {}
-    for name in cfg.methods:
-        cls = methods.get(name)
-        title = f"train or load models for {name}"
-        with stages.stage(title):
-            models = {need: store.get(need) for need in cls.needs}
+    for e in todo:
+        cls = methods.get(e.method)
+        with stages.stage(f"train or load models for {e.key}"):
+            models = {need: store.get(need, e.cfg) for need in cls.needs}
         record_models()
-        samplers[name] = cls.from_models(models, device, sampling)
+        own = replace(e.cfg.sampling, cuda_graphs=sampling.cuda_graphs)  # warned once above
+        try:
+            samplers[e.key] = cls.from_models(models, device, own)
+        except ValueError as err:  # a sampling choice the trained models cannot honour
+            raise ConfigError(f"{e.key}: {err}") from None
 
-    seeds = [cfg.eval.seed + i for i in range(cfg.eval.num_samples)]
+    def seeds_of(c: BenchConfig) -> list[int]:
+        return [c.eval.seed + i for i in range(c.eval.num_samples)]
+
     compile_s: dict[str, float] = {}
     if sampling.compile:
         # torch.compile works at the first call of each shape: batch 1 and then any larger
         # batch (compiled with dynamic sizes). Those calls are timed here, apart from every
         # steady-state timing; a resumed run compiles again (compiled code lives in memory).
         with stages.stage("compile (first calls of each sampler)"):
-            for name, sampler in samplers.items():
+            for e in todo:
                 t0 = time.perf_counter()
-                sampler.first_calls(seeds)
-                compile_s[name] = round(time.perf_counter() - t0, 3)
-                say(f"[bench] compiled {name}: {compile_s[name]:.1f} s")
+                samplers[e.key].first_calls(seeds_of(e.cfg))
+                compile_s[e.key] = round(time.perf_counter() - t0, 3)
+                say(f"[bench] compiled {e.key}: {compile_s[e.key]:.1f} s")
         info["compile_s"] = compile_s
+
+    def common(c: BenchConfig, replicate: int) -> dict:
+        return {
+            "dataset": splits.name,
+            "extractors": ",".join(cfg.metrics.extractors),
+            "replicate": replicate,
+            "seed": c.eval.seed,
+            "device": str(device),
+        }
+
     rows = []
-    for name, sampler in samplers.items():
+    for e in todo:
+        sampler = samplers[e.key]
         row = stage(
-            f"sample and score {name}",
-            f"score-{name}",
-            lambda name=name, sampler=sampler: {
-                "method": name,
-                "variant": "default",
-                "dataset": splits.name,
-                "extractors": ",".join(cfg.metrics.extractors),
-                "seed": cfg.eval.seed,
-                "device": str(device),
-                **score_sampler(sampler, cfg, seeds, device, run_dir, scorer),
+            f"sample and score {e.key}",
+            f"score-{e.key}",
+            lambda e=e, sampler=sampler: {
+                "method": e.method,
+                "variant": e.variant,
+                "key": e.key,
+                "tables": ",".join(e.tables),
+                **sampler.factors(),
+                **common(e.cfg, e.replicate),
+                **score_sampler(e.key, sampler, e.cfg, seeds_of(e.cfg), device, run_dir, scorer),
                 "unavailable": dict(scorer.unavailable),
             },
         )
         rows.append(row)
 
-    def anchors() -> list[dict]:
+    def anchors(c: BenchConfig, replicate: int) -> list[dict]:
         shape = (splits.channels, splits.image_size, splits.image_size)
-        noise, _ = to_uint8(noise_for_seeds(seeds, shape))
+        noise, _ = to_uint8(noise_for_seeds(seeds_of(c), shape))
         real = splits.real_anchor[: cfg.eval.num_samples]
         return [
             {
                 "method": label,
                 "variant": "-",
-                "dataset": splits.name,
-                "extractors": ",".join(cfg.metrics.extractors),
-                "seed": cfg.eval.seed,
-                "device": str(device),
+                "tables": "main",
+                **common(c, replicate),
                 **scorer.score(images, inception),
                 "unavailable": dict(scorer.unavailable),
             }
@@ -620,15 +650,28 @@ def _measure_all(
             )
         ]
 
-    anchor_rows = stage("anchors", "anchors", anchors)
+    anchor_rows = []
+    for r in range(cfg.replicates):
+        part = "anchors" if r == 0 else f"anchors.r{r}"
+        c = replicate_config(cfg, r)
+        anchor_rows += stage(part, part, lambda c=c, r=r: anchors(c, r))
 
     if not dist.is_main():
         return  # the rest runs on rank 0 alone: timings, FLOPs, memory, likelihood, tables
 
+    # Speedups are against exact causal decoding of the same replicate ("tarflow" as listed
+    # in methods, else the first tarflow variant).
+    causal = [e for e in todo if e.method == "tarflow"]
+    causal.sort(key=lambda e: e.variant != "default")
+    baselines = {
+        e.key: next((c.key for c in causal if c.replicate == e.replicate), "") for e in todo
+    }
     timing = stage(
         "timing sweep (samplers interleaved)",
         "timing",
-        lambda: dict(zip(("main", "sweep"), time_samplers(samplers, cfg, device), strict=True)),
+        lambda: dict(
+            zip(("main", "sweep"), time_samplers(samplers, cfg, device, baselines), strict=True)
+        ),
     )
     timings, sweep = timing["main"], timing["sweep"]
 
@@ -641,7 +684,7 @@ def _measure_all(
     fl = stage("flops", "flops", flops)
     info["matmul_peak_gflop_s"] = fl["matmul_peak"] / 1e9
     for row in rows:
-        n = row["method"]
+        n = row["key"]
         achieved = fl["per_img"][n] * timings[n]["throughput_img_s"]
         row.update(
             flops_per_img=fl["per_img"][n],
@@ -657,24 +700,34 @@ def _measure_all(
             for n, s in samplers.items()
         }
 
-    mem = stage("peak memory", "memory", memory)
+    mem = stage("peak memory", "memory", memory) if cfg.eval.memory else {}
     for row in rows:
-        row.update(timings[row["method"]])
-        row.update(mem[row["method"]])
+        row.update(timings[row["key"]])
+        row.update(mem.get(row["key"], {}))
         if compile_s:
-            row["compile_s"] = compile_s[row["method"]]
+            row["compile_s"] = compile_s[row["key"]]
 
     def likelihood() -> dict:
+        """Of the first entry's flow (and reverse model), on the held-out images."""
         extra: dict = {}
-        if "flow" not in {need for n in cfg.methods for need in methods.get(n).needs}:
+        uses = [e for e in todo if "flow" in methods.get(e.method).needs]
+        if not uses:
             return extra
-        flow = store.get("flow")
+        c = uses[0].cfg
+        flow = store.get("flow", c)
         g = torch.Generator().manual_seed(cfg.eval.seed)
         held = splits.holdout.float().to(device) / 127.5 - 1
-        extra["bits_per_dim_heldout"] = bits_per_dim(flow, held, g)
+        y = splits.holdout_labels.to(device) if c.tarflow.num_classes else None
+        extra["likelihood_of"] = uses[0].key
+        extra["bits_per_dim_heldout"] = bits_per_dim(flow, held, g, y)
         extra["decode_vs_forward"] = decode_vs_forward(flow, device, cfg)
-        if store.loaded("reverse"):
-            extra["biflow_inversion"] = inversion_error(store.get("reverse"), flow, held, g)
+        reverse = [e for e in uses if "reverse" in methods.get(e.method).needs]
+        if reverse and store.loaded("reverse", reverse[0].cfg):
+            g_model = store.get("reverse", reverse[0].cfg)
+            extra["biflow_inversion"] = {
+                "of": reverse[0].key,
+                **inversion_error(g_model, store.get("flow", reverse[0].cfg), held, g, y),
+            }
         return extra
 
     extra = stage("likelihood and baseline fairness", "likelihood", likelihood)
@@ -684,11 +737,12 @@ def _measure_all(
     for row in rows:
         unavailable |= row.pop("unavailable", {})
     table = pd.DataFrame(rows)
-    base_lat = table.loc[table.method == "tarflow", "latency_ms_b1"]
-    base_thr = table.loc[table.method == "tarflow", "throughput_img_s"]
-    if len(base_lat):
-        table["speedup_b1"] = base_lat.iloc[0] / table["latency_ms_b1"]
-        table["speedup_tput"] = table["throughput_img_s"] / base_thr.iloc[0]
+    if any(baselines.values()):
+        base = table["key"].map(baselines)  # anchors: NaN
+        lat = {r["key"]: r["latency_ms_b1"] for r in rows if "key" in r}
+        thr = {r["key"]: r["throughput_img_s"] for r in rows if "key" in r}
+        table["speedup_b1"] = base.map(lat) / table["latency_ms_b1"]
+        table["speedup_tput"] = table["throughput_img_s"] / base.map(thr)
     atomic.atomic_write(run_dir / "results.csv", lambda p: table.to_csv(p, index=False))
     faults.point("write:results")
     atomic.atomic_write(run_dir / "sweep.csv", lambda p: pd.DataFrame(sweep).to_csv(p, index=False))

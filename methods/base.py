@@ -17,15 +17,27 @@ from methods.validate import FieldError, check
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Implementation switches of sampling that leave the trained models alone."""
+    """How the trained models are sampled: implementation switches (which must not change the
+    images beyond rounding), then the sampling choices that do (guidance, Jacobi tolerance)."""
 
     kv_cache: bool = True  # causal decoding with a key/value cache; off: recompute the prefix
     precision: str = "fp32"  # fp32, or bf16 (torch.autocast around every sampling call)
     compile: bool = False  # torch.compile each sampler's networks (the causal decoding step)
     cuda_graphs: bool = False  # with compile, on CUDA: mode="reduce-overhead" (CUDA graphs)
+    guidance: float = 0.0  # classifier-free guidance scale w (class-conditional models); 0 = off
+    jacobi_tol: float = 1e-3  # tarflow_jacobi: stop a block when no value changes more than this
+    jacobi_max_iters: int = 0  # tarflow_jacobi: iteration cap per block; 0 = T - 1 (exact)
+    jacobi_segment: int = 0  # tarflow_jacobi: tokens solved at a time; 0 = all at once
 
     def __post_init__(self) -> None:
-        check(self, precision=("fp32", "bf16"))
+        check(
+            self,
+            precision=("fp32", "bf16"),
+            guidance=(0, None),
+            jacobi_tol=(0, None),
+            jacobi_max_iters=(0, None),
+            jacobi_segment=(0, None),
+        )
         if self.cuda_graphs and not self.compile:
             raise FieldError("cuda_graphs", True, "true only with sampling.compile: true")
         if self.compile and not self.kv_cache:  # only the cached decoding step is compiled
@@ -52,19 +64,26 @@ DEFAULT_SAMPLING = SamplingConfig()
 class SampleResult:
     """What one call of :meth:`Sampler.sample` produced.
 
-    ``nfe`` and ``sequential_steps`` are per image and come from hooks on the network modules
-    (:class:`CallCounter`), never from a formula.
+    ``nfe`` and ``sequential_steps`` come from hooks on the network modules (:class:`CallCounter`),
+    never from a formula. ``nfe`` counts an image once for every network call whose batch held
+    it (so two passes per step, batched together or not, count twice); ``sequential_steps``
+    counts the calls, which must run one after another. ``nfe`` is per image over all the
+    images, ``sequential_steps`` the mean over batches; for an adaptive sampler (Jacobi)
+    ``nfe_max`` is the largest batch's per-image NFE.
     """
 
     images: torch.Tensor  # (N, C, H, W) uint8
-    nfe: int  # network evaluations per image
-    sequential_steps: int  # evaluations that must run one after another
+    nfe: float  # network evaluations per image
+    sequential_steps: float  # network calls per batch, one after another
+    nfe_max: float  # the largest per-image NFE of any batch (= nfe unless adaptive)
     wall_s: float  # seconds for the whole call, device synchronised
     n_nonfinite: int  # images whose float output held NaN or inf (clamped, never redrawn)
 
 
 class CallCounter:
-    """Counts outermost calls of the given modules (forward hooks, re-entrancy aware).
+    """Counts outermost calls of the given modules (forward hooks, re-entrancy aware), and the
+    images they processed: the first dimension of each call's first argument, or what the
+    module's own ``evaluations(args, kwargs)`` says (a guided flow pass runs two per image).
 
     A call of a watched module from inside another watched module is not counted again, so a
     full-flow forward pass counts once while a single decoding step of one block also counts
@@ -73,12 +92,19 @@ class CallCounter:
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
         self.modules = list(modules)
-        self.count = 0
+        self.count = 0  # calls
+        self.rows = 0  # images summed over calls
         self._depth = 0
 
-    def _pre(self, *_: object) -> None:
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._depth == 0:
             self.count += 1
+            if hasattr(module, "evaluations"):  # a module that runs several passes per call
+                self.rows += module.evaluations(args, kwargs)
+            elif args and isinstance(args[0], torch.Tensor):
+                self.rows += args[0].shape[0]
+            else:
+                raise TypeError(f"{type(module).__name__}: NFE counting needs a batch first")
         self._depth += 1
 
     def _post(self, *_: object) -> None:
@@ -88,7 +114,7 @@ class CallCounter:
     def watch(self) -> Iterator[CallCounter]:
         handles = []
         for m in self.modules:
-            handles.append(m.register_forward_pre_hook(self._pre))
+            handles.append(m.register_forward_pre_hook(self._pre, with_kwargs=True))
             handles.append(m.register_forward_hook(self._post, always_call=True))
         try:
             yield self
@@ -111,6 +137,12 @@ def noise_for_seeds(seeds: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
     return out
 
 
+def labels_for_seeds(seeds: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Class labels of a class-conditional sampler: image i is of class ``seeds[i] % num_classes``
+    (so the labels too depend on the seed only, and consecutive seeds cycle through the classes)."""
+    return torch.tensor([int(s) % num_classes for s in seeds], dtype=torch.long)
+
+
 def to_uint8(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """[-1, 1] floats -> uint8 in [0, 255]; returns the images and how many held NaN/inf."""
     bad = (~torch.isfinite(x)).flatten(1).any(1)
@@ -123,6 +155,7 @@ class Sampler(ABC):
     """Turns per-image seeds into images. Subclasses implement :meth:`generate` only."""
 
     name: str = ""
+    fixed_nfe = True  # every batch needs the same NFE (checked); False: adaptive (Jacobi)
 
     def __init__(self, device: torch.device, sampling: SamplingConfig = DEFAULT_SAMPLING) -> None:
         self.device, self.sampling = device, sampling
@@ -164,8 +197,20 @@ class Sampler(ABC):
         """The modules whose outermost calls count as network evaluations."""
 
     @abstractmethod
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """Map a batch of prior noise (on ``self.device``) to images in [-1, 1]."""
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Map a batch of prior noise (on ``self.device``) to images in [-1, 1]; ``y``: class
+        labels when :meth:`num_classes` > 0, else None."""
+
+    def num_classes(self) -> int:
+        """Classes of a class-conditional sampler; 0 = unconditional."""
+        return 0
+
+    def factors(self) -> dict[str, object]:
+        """The design choices this sampler embodies, as the ablation tables name them:
+        reverse (exact | jacobi | naive | aligned), denoise (none | score | learned),
+        norm_control (on | off), guidance (the scale; 0 = off), feature_loss (off | network),
+        conditional (yes | no)."""
+        return {}
 
     @abstractmethod
     def noise_shape(self) -> tuple[int, ...]:
@@ -180,15 +225,17 @@ class Sampler(ABC):
         """Images for ``seeds`` in batches of ``batch_size``; ``on_batch(n)`` after each batch
         of n images (progress bars)."""
         counter = CallCounter(self.networks())
-        images, nfes, bad = [], set(), 0
+        images, nfes, calls, bad = [], [], [], 0
         synchronize(self.device)
         t0 = time.perf_counter()
         for start in range(0, len(seeds), batch_size):
-            z = noise_for_seeds(seeds[start : start + batch_size], self.noise_shape())
-            before = counter.count
+            batch = seeds[start : start + batch_size]
+            z, y = self.inputs(batch)
+            calls0, rows0 = counter.count, counter.rows
             with counter.watch(), self._precision():
-                x = self.generate(z.to(self.device))
-            nfes.add(counter.count - before)
+                x = self.generate(z, y)
+            nfes.append((counter.rows - rows0) / len(batch))
+            calls.append(counter.count - calls0)
             img, n_bad = to_uint8(x.float().cpu())
             images.append(img)
             bad += n_bad
@@ -196,10 +243,23 @@ class Sampler(ABC):
                 on_batch(len(img))
         synchronize(self.device)
         wall = time.perf_counter() - t0
-        if len(nfes) != 1:
-            raise RuntimeError(f"{self.name}: NFE differs between batches: {sorted(nfes)}")
-        nfe = nfes.pop()
-        return SampleResult(torch.cat(images), nfe, self.sequential_steps(nfe), wall, bad)
+        if self.fixed_nfe and len(set(nfes)) != 1:
+            raise RuntimeError(f"{self.name}: NFE differs between batches: {sorted(set(nfes))}")
+        nfe = counter.rows / len(seeds)  # per image, over all batches
+        steps = sum(calls) / len(calls)
+        return SampleResult(torch.cat(images), nfe, steps, max(nfes), wall, bad)
+
+    def inputs(self, seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prior noise and (class-conditional samplers) labels for ``seeds``, on the device."""
+        z = noise_for_seeds(seeds, self.noise_shape()).to(self.device)
+        classes = self.num_classes()
+        y = labels_for_seeds(seeds, classes).to(self.device) if classes else None
+        return z, y
+
+    def diagnostics(self, seeds: Sequence[int]) -> dict[str, object]:
+        """Sampler-specific checks the runner records beside the row (e.g. Jacobi's deviation
+        from the exact inverse); none by default."""
+        return {}
 
     def first_calls(self, seeds: Sequence[int]) -> None:
         """Sample at batch 1, and when compiled at batch 2 too: every lazy initialisation and,
@@ -217,7 +277,3 @@ class Sampler(ABC):
         """Parameters of the networks sampling runs (each counted once)."""
         seen = {id(p): p.numel() for m in self.networks() for p in m.parameters()}
         return sum(seen.values())
-
-    def sequential_steps(self, nfe: int) -> int:
-        """Evaluations that cannot run in parallel; every sampler here is fully sequential."""
-        return nfe

@@ -17,7 +17,9 @@ from torch import nn
 from methods import dist
 from methods.base import DEFAULT_SAMPLING, Sampler, SamplingConfig
 from methods.registry import register
+from methods.score_denoise import tweedie_step
 from methods.tarflow import TarFlow
+from methods.training import Labels
 from methods.transformer import Layer
 from methods.validate import FieldError, check
 
@@ -30,6 +32,14 @@ class BiFlowConfig:
     mlp_ratio: int = 4  # MLP hidden width / width
     align_weight: float = 1.0  # weight of the hidden-alignment loss; 0 = naive distillation
     recon_weight: float = 1.0  # weight of the reconstruction loss on the clean image
+    denoise: bool = True  # learned denoising stage, output matched to the clean x; off: G ends
+    # at r_0 and its output is matched to the noisy x~ (the exact inverse's target)
+    feature_weight: float = 0.0  # feature (perceptual) loss on the output; needs a feature net
+    guidance_max: float = 0.0  # training-time guidance: w ~ U[0, guidance_max] per image is an
+    # input of G, which follows the guided flow (class-conditional flows only); 0 = off
+
+    # Added after checkpoints were shipped: left out of cache keys while at their defaults.
+    LATER_FIELDS = ("denoise", "feature_weight", "guidance_max")
 
     def __post_init__(self) -> None:
         check(
@@ -40,17 +50,31 @@ class BiFlowConfig:
             mlp_ratio=(1, None),
             align_weight=(0, None),
             recon_weight=(0, None),
+            feature_weight=(0, None),
+            guidance_max=(0, None),
         )
         if self.width % self.heads:
             raise FieldError("width", self.width, f"a multiple of heads ({self.heads})")
 
 
 class ReverseModel(nn.Module):
-    """G: noise tokens (b, T, D) -> image tokens (b, T, D), with bidirectional attention."""
+    """G: noise tokens (b, T, D) -> image tokens (b, T, D), with bidirectional attention.
 
-    def __init__(self, cfg: BiFlowConfig, tokens: int, dim: int, flow_blocks: int) -> None:
+    Class-conditional (``num_classes`` > 0): a class embedding is added to every token; with
+    training-time guidance, an embedding of the guidance scale w too, so a guided sample is
+    still one evaluation."""
+
+    def __init__(
+        self, cfg: BiFlowConfig, tokens: int, dim: int, flow_blocks: int, num_classes: int = 0
+    ) -> None:
         super().__init__()
-        self.cfg = cfg
+        if cfg.guidance_max and not num_classes:
+            raise FieldError(
+                "guidance_max",
+                cfg.guidance_max,
+                "0 unless the flow is class-conditional (tarflow.num_classes > 0)",
+            )
+        self.cfg, self.num_classes = cfg, num_classes
 
         def stage() -> nn.ModuleList:
             return nn.ModuleList(
@@ -59,8 +83,15 @@ class ReverseModel(nn.Module):
 
         self.proj_in = nn.Linear(dim, cfg.width)
         self.pos = nn.Parameter(torch.randn(tokens, cfg.width) * 0.02)
+        if num_classes:
+            self.class_emb = nn.Embedding(num_classes, cfg.width)
+        if cfg.guidance_max:
+            self.scale_emb = nn.Sequential(
+                nn.Linear(1, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width)
+            )
         self.stages = nn.ModuleList(stage() for _ in range(flow_blocks))  # r_{K-1}, ..., r_0
-        self.denoise = stage()  # learned denoising: r_0 (noisy) -> x^ (clean)
+        # learned denoising: r_0 (noisy) -> x^ (clean); none: G's output is r_0's projection
+        self.denoise = stage() if cfg.denoise else nn.ModuleList()
         self.norm = nn.LayerNorm(cfg.width)
         self.proj_out = nn.Linear(cfg.width, dim)
         # Projection heads r_k -> space of h_k, used by the alignment loss only.
@@ -74,9 +105,22 @@ class ReverseModel(nn.Module):
         return sum(p.numel() for p in self.align_heads.parameters())
 
     def forward(
-        self, z: torch.Tensor, keep_hidden: bool = False
+        self,
+        z: torch.Tensor,
+        keep_hidden: bool = False,
+        y: torch.Tensor | None = None,
+        w: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """z (b, T, D) -> x^ (b, T, D) and, when asked, r_{K-1} .. r_0. ``y``: labels (b,) of a
+        conditional G; ``w``: guidance scales (b,) of a G trained with guidance."""
         h = self.proj_in(z) + self.pos
+        if self.num_classes:
+            if y is None:
+                raise ValueError("a class-conditional reverse model needs labels")
+            h = h + self.class_emb(y)[:, None]
+        if self.cfg.guidance_max:
+            w = torch.zeros(len(z), device=z.device) if w is None else w
+            h = h + self.scale_emb(w.to(h.dtype)[:, None])[:, None]
         hidden = []
         for stage in self.stages:
             for layer in stage:
@@ -95,14 +139,31 @@ def normalised_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def biflow_losses(
-    g: nn.Module, flow: TarFlow, x: torch.Tensor, eps: torch.Tensor
+    g: nn.Module,
+    flow: TarFlow,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    labels: Labels | None = None,
+    features: nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Hidden alignment and reconstruction losses for clean images x (b, C, H, W) in [-1, 1]
-    and standard normal noise eps of the same shape. ``g`` is the ReverseModel, or its
-    DistributedDataParallel wrapper (whose forward must be the call that runs G)."""
-    with torch.no_grad():
-        z, _, states = flow(x + flow.cfg.noise_std * eps, keep_states=True)  # h_0 .. h_K
-    x_hat, hidden = g(z, keep_hidden=True)
+    """Hidden alignment, reconstruction and (optional) feature losses for clean images x
+    (b, C, H, W) in [-1, 1] and standard normal noise eps of the same shape. ``g`` is the
+    ReverseModel, or its DistributedDataParallel wrapper (whose forward must be the call that
+    runs G). Conditional: ``labels`` give y, and with training-time guidance the scale
+    w = u * guidance_max of each image; G then follows the guided flow's states. ``features``:
+    images in [-1, 1] -> feature vectors, for the feature loss (biflow.feature_weight)."""
+    cfg = getattr(g, "module", g).cfg
+    y = w = None
+    if flow.cfg.num_classes:
+        if labels is None:
+            raise ValueError("a class-conditional flow needs labelled training data")
+        y = labels.y
+        if cfg.guidance_max:
+            w = labels.u * cfg.guidance_max
+    x_noisy = x + flow.cfg.noise_std * eps
+    with torch.no_grad():  # h_0 .. h_K of the (guided) forward flow
+        z, _, states = flow(x_noisy, keep_states=True, y=y, w=0.0 if w is None else w)
+    x_hat, hidden = g(z, keep_hidden=True, y=y, w=w)
     g = getattr(g, "module", g)
     k = len(g.stages)
     align = (
@@ -112,40 +173,60 @@ def biflow_losses(
         )
         / k
     )
-    recon = F.mse_loss(x_hat, flow.to_tokens(x))
-    total = g.cfg.align_weight * align + g.cfg.recon_weight * recon
-    return {"loss": total, "align": align.detach(), "recon": recon.detach()}
+    target = x if cfg.denoise else x_noisy  # learned denoising: the clean image
+    recon = F.mse_loss(x_hat, flow.to_tokens(target))
+    total = cfg.align_weight * align + cfg.recon_weight * recon
+    out = {"align": align.detach(), "recon": recon.detach()}
+    if cfg.feature_weight:
+        if features is None:
+            raise ValueError("biflow.feature_weight > 0 needs a feature network")
+        f_hat = features(flow.to_image(x_hat))
+        with torch.no_grad():
+            f_ref = features(target)
+        feat = normalised_mse(f_hat, f_ref)
+        total = total + cfg.feature_weight * feat
+        out["feature"] = feat.detach()
+    return {"loss": total, **out}
 
 
-def biflow_objective(flow: TarFlow):
-    """The training loss ``loss(net, x, eps)`` of a reverse model against the frozen ``flow``."""
+def biflow_objective(flow: TarFlow, features: nn.Module | None = None):
+    """The training loss ``loss(net, x, eps, labels)`` of a reverse model against the frozen
+    ``flow`` (and the frozen ``features`` network of the feature loss)."""
 
-    def loss(net: nn.Module, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return biflow_losses(net, flow, x, eps)["loss"]
+    def loss(
+        net: nn.Module, x: torch.Tensor, eps: torch.Tensor, labels: Labels | None = None
+    ) -> torch.Tensor:
+        return biflow_losses(net, flow, x, eps, labels, features)["loss"]
 
     return loss
 
 
 @torch.no_grad()
 def inversion_error(
-    g: ReverseModel, flow: TarFlow, x: torch.Tensor, g_noise: torch.Generator
+    g: ReverseModel,
+    flow: TarFlow,
+    x: torch.Tensor,
+    g_noise: torch.Generator,
+    y: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """How well G inverts F, as relative L2 errors.
 
     On held-out images x: G(F(x~)) against x~ = x + sigma*eps and against the clean x. On prior
     noise z ~ N(0, I) (what sampling feeds G; at most 256 draws): G(z) against the exact inverse
     F^-1(z), with G's output denoised and F^-1's not, so part of that gap is the denoising G
-    learned.
+    learned. Conditional models: ``y`` are the images' labels (the prior draws take the first
+    ones), without guidance.
     """
     eps = torch.randn(x.shape, generator=g_noise).to(x.device)
     xn = flow.to_tokens(x + flow.cfg.noise_std * eps)
-    z, _, _ = flow(flow.to_image(xn))
-    out, _ = g(z)
+    z, _, _ = flow(flow.to_image(xn), y=y)
+    out, _ = g(z, y=y)
     clean = flow.to_tokens(x)
     # The exact inverse is a full causal decode: 256 prior draws are plenty for a relative error.
     prior = torch.randn(z[:256].shape, generator=g_noise).to(x.device)
-    exact = flow.to_tokens(flow.reverse(prior))
-    learned, _ = g(prior)
+    y_prior = None if y is None else y[:256]
+    exact = flow.to_tokens(flow.reverse(prior, y=y_prior))
+    learned, _ = g(prior, y=y_prior)
     return {
         "rel_err_vs_noisy": ((out - xn).norm() / xn.norm()).item(),
         "rel_err_vs_clean": ((out - clean).norm() / clean.norm()).item(),
@@ -156,7 +237,7 @@ def inversion_error(
 
 @register("biflow")
 class BiFlowSampler(Sampler):
-    """x = G(z): one evaluation of the learned reverse model."""
+    """x = G(z): one evaluation of the learned reverse model (guided or not)."""
 
     needs = ("flow", "reverse")
 
@@ -168,6 +249,12 @@ class BiFlowSampler(Sampler):
         sampling: SamplingConfig = DEFAULT_SAMPLING,
     ) -> None:
         self.g, self.flow = reverse.eval(), flow
+        gmax = reverse.cfg.guidance_max
+        if sampling.guidance > gmax:
+            raise ValueError(
+                f"sampling.guidance: got {sampling.guidance}; this reverse model was trained "
+                f"with guidance scales up to biflow.guidance_max = {gmax}; allowed: <= {gmax}"
+            )
         super().__init__(device, sampling)
 
     @classmethod
@@ -185,12 +272,51 @@ class BiFlowSampler(Sampler):
     def noise_shape(self) -> tuple[int, ...]:
         return (self.flow.tokens, self.flow.dim)
 
+    def num_classes(self) -> int:
+        return self.flow.cfg.num_classes
+
     def num_params(self) -> int:
         """G without its alignment heads, which only training uses."""
         heads = self.g.training_only_params()
         return super().num_params() - heads
 
+    def factors(self) -> dict[str, object]:
+        c = self.g.cfg
+        return {
+            "reverse": "aligned" if c.align_weight > 0 else "naive",
+            "denoise": "learned" if c.denoise else "none",
+            "norm_control": "on" if self.flow.cfg.norm_clip > 0 else "off",
+            "guidance": self.sampling.guidance,
+            "feature_loss": FEATURE_NET if c.feature_weight else "off",
+            "conditional": "yes" if self.flow.cfg.num_classes else "no",
+        }
+
+    def _scales(self, z: torch.Tensor) -> torch.Tensor | None:
+        if not self.g.cfg.guidance_max:
+            return None
+        return torch.full((len(z),), self.sampling.guidance, device=z.device)
+
     @torch.no_grad()
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        tokens, _ = self.g(z)
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        tokens, _ = self.g(z, y=y, w=self._scales(z))
         return self.flow.to_image(tokens)
+
+
+@register("biflow_score")
+class BiFlowScoreSampler(BiFlowSampler):
+    """x = G(z), then the score step through the forward flow (for a G without learned
+    denoising: the denoising ablation's "score" row). 1 + one flow forward/backward."""
+
+    def networks(self) -> list[nn.Module]:
+        return [self.g, self.flow]
+
+    def factors(self) -> dict[str, object]:
+        return {**super().factors(), "denoise": "score"}
+
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        x = super().generate(z, y)
+        return tweedie_step(self.flow, x, self.flow.cfg.noise_std, y, self.sampling.guidance)
+
+
+# What the feature loss compares (bench.models trains it; the report says which it is).
+FEATURE_NET = "independent CNN"

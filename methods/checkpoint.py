@@ -9,7 +9,7 @@ in the file is executed.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,17 @@ def load(path: Path, kind: str, spec: dict[str, Any], model: nn.Module, key: str
     return payload.get("meta", {})
 
 
+def described(config: Any) -> dict[str, Any]:
+    """A config dataclass's fields as they identify a model: fields named in the class's
+    ``LATER_FIELDS`` (added after checkpoints were shipped) are left out while at their
+    defaults, so checkpoints made before those fields existed keep their specs and cache keys."""
+    out = asdict(config)
+    for f in fields(config):
+        if f.name in getattr(config, "LATER_FIELDS", ()) and out[f.name] == f.default:
+            del out[f.name]
+    return out
+
+
 def spec_of(config: Any, **shape: Any) -> dict[str, Any]:
     """Flat dict naming every architecture choice: dataclass fields plus data shape."""
-    return {**asdict(config), **shape}
+    return {**described(config), **shape}

@@ -13,12 +13,19 @@ from methods.registry import register
 from methods.tarflow import TarFlow, TarFlowSampler
 
 
-def tweedie_step(flow: TarFlow, x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """x + sigma^2 * grad_x log p(x) for a batch of images (b, C, H, W)."""
+def tweedie_step(
+    flow: TarFlow,
+    x: torch.Tensor,
+    sigma: float,
+    y: torch.Tensor | None = None,
+    w: float = 0.0,
+) -> torch.Tensor:
+    """x + sigma^2 * grad_x log p(x) for a batch of images (b, C, H, W); with labels ``y`` and a
+    guidance scale ``w``, the score of the guided flow (the one that drew x)."""
     with torch.enable_grad():
         leaf = x.detach().requires_grad_(True)
         x = leaf.clone()  # a non-leaf input keeps module-tracking tools (FLOP counting) working
-        (score,) = torch.autograd.grad(flow.log_prob(x).sum(), x)
+        (score,) = torch.autograd.grad(flow.log_prob(x, y, w).sum(), x)
     return (leaf + sigma**2 * score).detach()
 
 
@@ -26,6 +33,9 @@ def tweedie_step(flow: TarFlow, x: torch.Tensor, sigma: float) -> torch.Tensor:
 class ScoreDenoiseSampler(TarFlowSampler):
     """K x (T - 1) decoding evaluations plus one forward/backward pass of the whole flow."""
 
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.flow.reverse(z, cached=self.cached, static=self.static)
-        return tweedie_step(self.flow, x, self.flow.cfg.noise_std)
+    def factors(self) -> dict[str, object]:
+        return {**super().factors(), "denoise": "score"}
+
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.flow.reverse(z, self.cached, self.static, y, self.guidance)
+        return tweedie_step(self.flow, x, self.flow.cfg.noise_std, y, self.guidance)

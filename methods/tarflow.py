@@ -15,6 +15,7 @@ from torch import nn
 
 from methods.base import DEFAULT_SAMPLING, Sampler, SamplingConfig
 from methods.registry import register
+from methods.training import Labels
 from methods.transformer import KVCache, Layer, patchify, unpatchify
 from methods.validate import FieldError, check
 
@@ -29,6 +30,11 @@ class TarFlowConfig:
     mlp_ratio: int = 4  # MLP hidden width / width
     noise_std: float = 0.1  # sigma of the Gaussian noise added to training data
     norm_clip: float = 0.0  # norm control: soft clip of |a| and |b| to this bound; 0 = off
+    num_classes: int = 0  # class-conditional with this many classes (class embedding); 0 = off
+    label_drop: float = 0.1  # conditional training: share of labels replaced by "no class"
+
+    # Added after checkpoints were shipped: left out of cache keys while at their defaults.
+    LATER_FIELDS = ("num_classes", "label_drop")
 
     def __post_init__(self) -> None:
         check(
@@ -41,18 +47,26 @@ class TarFlowConfig:
             mlp_ratio=(1, None),
             noise_std=(0, None),
             norm_clip=(0, None),
+            num_classes=(0, None),
+            label_drop=(0, 1),
         )
         if self.width % self.heads:
             raise FieldError("width", self.width, f"a multiple of heads ({self.heads})")
 
 
 class CausalNet(nn.Module):
-    """The network of one flow block: tokens (b, t, D) -> affine params (b, t, 2D) for t+1."""
+    """The network of one flow block: tokens (b, t, D) -> affine params (b, t, 2D) for t+1.
+
+    Class-conditional (``num_classes`` > 0): a class embedding is added to every token; label
+    ``num_classes`` means "no class" (the unconditional model of classifier-free guidance)."""
 
     def __init__(self, cfg: TarFlowConfig, tokens: int, dim: int) -> None:
         super().__init__()
         self.proj_in = nn.Linear(dim, cfg.width)
         self.pos = nn.Parameter(torch.randn(tokens, cfg.width) * 0.02)
+        self.classes = cfg.num_classes
+        if cfg.num_classes:
+            self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.width)
         self.layers = nn.ModuleList(
             Layer(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)
         )
@@ -68,22 +82,39 @@ class CausalNet(nn.Module):
         self._compiled_step = torch.compile(self._forward, mode=mode, dynamic=True)
 
     def forward(
-        self, x: torch.Tensor, caches: list[KVCache] | None = None, pos: int | torch.Tensor = 0
+        self,
+        x: torch.Tensor,
+        caches: list[KVCache] | None = None,
+        pos: int | torch.Tensor = 0,
+        y: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self._compiled_step is not None and isinstance(pos, torch.Tensor):
-            return self._compiled_step(x, caches, pos)
-        return self._forward(x, caches, pos)
+            return self._compiled_step(x, caches, pos, y)
+        return self._forward(x, caches, pos, y)
 
     def _forward(
-        self, x: torch.Tensor, caches: list[KVCache] | None, pos: int | torch.Tensor
+        self,
+        x: torch.Tensor,
+        caches: list[KVCache] | None,
+        pos: int | torch.Tensor,
+        y: torch.Tensor | None,
     ) -> torch.Tensor:
         if isinstance(pos, torch.Tensor):  # a static-shape decoding step: one token at pos
             h = self.proj_in(x) + self.pos.index_select(0, pos)
         else:
             h = self.proj_in(x) + self.pos[pos : pos + x.shape[1]]
+        if self.classes:
+            if y is None:  # unconditional: the "no class" label
+                y = torch.full((x.shape[0],), self.classes, dtype=torch.long, device=x.device)
+            h = h + self.class_emb(y)[:, None]
         for i, layer in enumerate(self.layers):
             h = layer(h, causal=True, cache=None if caches is None else caches[i], pos=pos)
         return self.proj_out(self.norm(h))
+
+
+def is_guided(y: torch.Tensor | None, w: float | torch.Tensor) -> bool:
+    """Classifier-free guidance is on: labels given and a scale that is a tensor or nonzero."""
+    return y is not None and (isinstance(w, torch.Tensor) or w != 0)
 
 
 class FlowBlock(nn.Module):
@@ -104,17 +135,47 @@ class FlowBlock(nn.Module):
         a, b = out.chunk(2, dim=-1)
         return a, b
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def params(
+        self,
+        xp: torch.Tensor,
+        y: torch.Tensor | None = None,
+        w: float | torch.Tensor = 0.0,
+        caches: list[KVCache] | None = None,
+        pos: int | torch.Tensor = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) predicted from ordered tokens xp (b, t, D): position t's are for token t + 1.
+
+        Guided (labels ``y`` and scale ``w``, a float or one per image): ONE network call on the
+        batch twice over, [xp; xp] with labels [y; no class], then a = a_c + w (a_c - a_u) and
+        b = b_c + w (b_c - b_u): two evaluations per image, one sequential step."""
+        if not is_guided(y, w):
+            return self.affine(self.net(xp, caches, pos, y))
+        none = torch.full_like(y, self.cfg.num_classes)
+        out = self.net(torch.cat([xp, xp]), caches, pos, torch.cat([y, none]))
+        (a_c, b_c), (a_u, b_u) = (self.affine(o) for o in out.chunk(2))
+        if isinstance(w, torch.Tensor):
+            w = w.view(-1, 1, 1)
+        return a_c + w * (a_c - a_u), b_c + w * (b_c - b_u)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, w: float | torch.Tensor = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x (b, T, D) -> z (b, T, D) and log|det dz/dx| per image (b,)."""
         xp = self.order(x)
-        out = self.net(xp)
-        out = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)  # shift right by one
-        a, b = self.affine(out)
-        z = (xp - b) * torch.exp(-a)
+        a, b = self.params(xp, y, w)
+        a, b = (torch.cat([torch.zeros_like(p[:, :1]), p[:, :-1]], dim=1) for p in (a, b))
+        z = (xp - b) * torch.exp(-a)  # token 0: a = b = 0, passes unchanged
         return self.order(z), -a.sum(dim=(1, 2))
 
     @torch.no_grad()
-    def reverse(self, z: torch.Tensor, cached: bool = True, static: bool = False) -> torch.Tensor:
+    def reverse(
+        self,
+        z: torch.Tensor,
+        cached: bool = True,
+        static: bool = False,
+        y: torch.Tensor | None = None,
+        w: float = 0.0,
+    ) -> torch.Tensor:
         """Exact inverse, one token at a time: x_{t+1} = z_{t+1} exp(a_{t+1}) + b_{t+1}.
 
         ``static``: every step has the same shapes (a full-length masked cache, the position
@@ -126,49 +187,19 @@ class FlowBlock(nn.Module):
         caches = None
         if cached:
             hd = self.cfg.width // self.cfg.heads
-            caches = [KVCache(n, self.cfg.heads, t_total, hd, zp, static) for _ in self.net.layers]
+            rows = 2 * n if is_guided(y, w) else n  # guidance: conditional and "no class" rows
+            caches = [
+                KVCache(rows, self.cfg.heads, t_total, hd, zp, static) for _ in self.net.layers
+            ]
         positions = torch.arange(t_total, device=z.device)
         for t in range(t_total - 1):
             if cached:
                 pos = positions[t : t + 1] if static else t
-                out = self.net(x[:, t : t + 1], caches, pos=pos)[:, 0]  # (b, 2D)
+                a, b = self.params(x[:, t : t + 1], y, w, caches, pos)
             else:
-                out = self.net(x[:, : t + 1])[:, -1]
-            a, b = self.affine(out)
-            x[:, t + 1] = zp[:, t + 1] * torch.exp(a) + b
+                a, b = self.params(x[:, : t + 1], y, w)
+            x[:, t + 1] = zp[:, t + 1] * torch.exp(a[:, -1]) + b[:, -1]
         return self.order(x)
-
-
-def jacobi_reverse_block(
-    block: FlowBlock, z: torch.Tensor, tol: float, max_iters: int, segment: int = 0
-) -> tuple[torch.Tensor, int]:
-    """Invert one flow block by Jacobi (fixed-point) iteration instead of token by token.
-
-    x = z exp(a(x)) + b(x) with (a, b) of token t depending on x_{<t} only: start from x = z,
-    evaluate the block's network on the whole current guess in parallel, update every token,
-    repeat until the largest change is below ``tol`` (absolute, in data units) or after
-    ``max_iters`` evaluations. The causal structure makes T - 1 evaluations exact, so the cap
-    never needs to exceed that. ``segment`` > 0 solves ``segment`` tokens at a time, each segment
-    iterated to convergence with the prefix before it fixed (the network then sees the prefix
-    and the segment). Returns x and the number of network evaluations used.
-    """
-    zp = block.order(z)
-    n_tokens = zp.shape[1]
-    x = zp.clone()
-    evals = 0
-    size = segment or n_tokens
-    for start in range(1, n_tokens, size):  # token 0 passes unchanged
-        stop = min(n_tokens, start + size)
-        for _ in range(max_iters):
-            out = block.net(x[:, : stop - 1])  # params for tokens 1 .. stop-1
-            evals += 1
-            a, b = block.affine(out[:, start - 1 : stop - 1])
-            new = zp[:, start:stop] * torch.exp(a) + b
-            change = (new - x[:, start:stop]).abs().max().item()
-            x[:, start:stop] = new
-            if change < tol:
-                break
-    return block.order(x), evals
 
 
 class TarFlow(nn.Module):
@@ -195,43 +226,52 @@ class TarFlow(nn.Module):
         return unpatchify(tokens, self.cfg.patch_size, self.channels, s, s)
 
     def forward(
-        self, x: torch.Tensor, keep_states: bool = False
+        self,
+        x: torch.Tensor,
+        keep_states: bool = False,
+        y: torch.Tensor | None = None,
+        w: float | torch.Tensor = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Image x (b, C, H, W) -> tokens z (b, T, D), log-det per image (b,), and, when asked,
-        the states after every block h_0 = tokens(x), h_1, ..., h_K = z."""
+        the states after every block h_0 = tokens(x), h_1, ..., h_K = z. With labels ``y`` and a
+        guidance scale ``w`` (float or one per image): the guided flow, itself an invertible
+        autoregressive map whose inverse is guided decoding."""
         h = self.to_tokens(x)
         states = [h] if keep_states else []
         logdet = torch.zeros(x.shape[0], device=x.device)
         for block in self.blocks:
-            h, ld = block(h)
+            h, ld = block(h, y, w)
             logdet = logdet + ld
             if keep_states:
                 states.append(h)
         return h, logdet, states
 
+    def evaluations(self, args: tuple, kwargs: dict) -> int:
+        """Image-evaluations of one forward call (NFE counting): two per image when guided."""
+        y, w = kwargs.get("y"), kwargs.get("w", 0.0)
+        return args[0].shape[0] * (2 if is_guided(y, w) else 1)
+
     @torch.no_grad()
-    def reverse(self, z: torch.Tensor, cached: bool = True, static: bool = False) -> torch.Tensor:
-        """Noise tokens z (b, T, D) -> image (b, C, H, W) by exact causal decoding."""
+    def reverse(
+        self,
+        z: torch.Tensor,
+        cached: bool = True,
+        static: bool = False,
+        y: torch.Tensor | None = None,
+        w: float = 0.0,
+    ) -> torch.Tensor:
+        """Noise tokens z (b, T, D) -> image (b, C, H, W) by exact causal decoding (guided when
+        labels ``y`` and a scale ``w`` > 0 are given)."""
         for block in reversed(self.blocks):
-            z = block.reverse(z, cached=cached, static=static)
+            z = block.reverse(z, cached=cached, static=static, y=y, w=w)
         return self.to_image(z)
 
-    @torch.no_grad()
-    def reverse_jacobi(
-        self, z: torch.Tensor, tol: float = 1e-6, max_iters: int = 0, segment: int = 0
-    ) -> tuple[torch.Tensor, list[int]]:
-        """Noise tokens -> image by Jacobi decoding of every block (``max_iters`` 0: T - 1, the
-        count at which the iteration is exact); also returns each block's evaluations."""
-        cap = max_iters or self.tokens - 1
-        used = []
-        for block in reversed(self.blocks):
-            z, n = jacobi_reverse_block(block, z, tol, cap, segment)
-            used.append(n)
-        return self.to_image(z), used
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) per image in nats, under a standard normal prior on z."""
-        z, logdet, _ = self(x)
+    def log_prob(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, w: float | torch.Tensor = 0.0
+    ) -> torch.Tensor:
+        """log p(x) per image in nats, under a standard normal prior on z (of the guided flow
+        when ``y`` and ``w`` are given)."""
+        z, logdet, _ = self(x, y=y, w=w)
         prior = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(dim=(1, 2))
         return prior + logdet
 
@@ -250,26 +290,38 @@ def nll(z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
 
 
 def nll_objective(noise_std: float):
-    """The training loss ``loss(net, x, eps)`` of a TarFlow: NLL of x + noise_std * eps, with the
-    forward pass through ``net`` (the flow, or its DistributedDataParallel wrapper)."""
+    """The training loss ``loss(net, x, eps, labels)`` of a TarFlow: NLL of x + noise_std * eps,
+    with the forward pass through ``net`` (the flow, or its DistributedDataParallel wrapper).
+    Class-conditional: each label is replaced by "no class" with probability label_drop."""
 
-    def loss(net: nn.Module, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return nll(*net(x + noise_std * eps)[:2])
+    def loss(
+        net: nn.Module, x: torch.Tensor, eps: torch.Tensor, labels: Labels | None = None
+    ) -> torch.Tensor:
+        cfg = getattr(net, "module", net).cfg
+        y = None
+        if cfg.num_classes:
+            if labels is None:
+                raise ValueError("a class-conditional TarFlow needs labelled training data")
+            y = torch.where(labels.u < cfg.label_drop, cfg.num_classes, labels.y)
+        return nll(*net(x + noise_std * eps, y=y)[:2])
 
     return loss
 
 
-def bits_per_dim(flow: TarFlow, x: torch.Tensor, generator: torch.Generator) -> float:
+def bits_per_dim(
+    flow: TarFlow, x: torch.Tensor, generator: torch.Generator, y: torch.Tensor | None = None
+) -> float:
     """Bits/dim of the noise-augmented data x + sigma*eps, in 8-bit pixel units.
 
     x lives in [-1, 1] (pixel/127.5 - 1); the change of variables to [0, 256) pixel units adds
     log(127.5) nats per dimension. The Gaussian noise (sigma = flow.cfg.noise_std) plays the role
-    of dequantisation, so this is the likelihood of the noisy data the flow was trained on.
+    of dequantisation, so this is the likelihood of the noisy data the flow was trained on
+    (given the labels ``y``, for a class-conditional flow).
     """
     eps = torch.randn(x.shape, generator=generator).to(x.device)
     xn = x + flow.cfg.noise_std * eps
     with torch.no_grad():
-        lp = flow.log_prob(xn)
+        lp = flow.log_prob(xn, y)
     d = x[0].numel()
     nats = -lp.mean().item() / d + math.log(127.5)
     return nats / math.log(2)
@@ -289,6 +341,12 @@ class TarFlowSampler(Sampler):
         # A compiled decoding step needs the same shapes every step: see KVCache. (compile
         # implies kv_cache: SamplingConfig refuses one without the other.)
         self.static = sampling.compile
+        self.guidance = sampling.guidance
+        if self.guidance and not flow.cfg.num_classes:
+            raise ValueError(
+                f"sampling.guidance: got {self.guidance}; classifier-free guidance needs a "
+                "class-conditional TarFlow (tarflow.num_classes > 0); allowed: 0"
+            )
         super().__init__(device, sampling)
 
     @classmethod
@@ -310,5 +368,18 @@ class TarFlowSampler(Sampler):
     def noise_shape(self) -> tuple[int, ...]:
         return (self.flow.tokens, self.flow.dim)
 
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        return self.flow.reverse(z, cached=self.cached, static=self.static)
+    def num_classes(self) -> int:
+        return self.flow.cfg.num_classes
+
+    def factors(self) -> dict[str, object]:
+        return {
+            "reverse": "exact",
+            "denoise": "none",
+            "norm_control": "on" if self.flow.cfg.norm_clip > 0 else "off",
+            "guidance": self.guidance,
+            "feature_loss": "off",
+            "conditional": "yes" if self.flow.cfg.num_classes else "no",
+        }
+
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.flow.reverse(z, self.cached, self.static, y, self.guidance)

@@ -50,10 +50,20 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-# loss(net, x, eps): ``net`` is the module to call for the forward pass (the model, or its
-# DistributedDataParallel wrapper), x a batch of images in [-1, 1], eps standard normal noise of
-# x's shape drawn by the training loop.
-Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+@dataclass(frozen=True)
+class Labels:
+    """Class labels of a training batch, and one uniform draw per image from the training
+    generator (label dropout, per-image guidance scales), so conditional training stays
+    deterministic."""
+
+    y: torch.Tensor  # (b,) long
+    u: torch.Tensor  # (b,) uniform in [0, 1)
+
+
+# loss(net, x, eps, labels): ``net`` is the module to call for the forward pass (the model, or
+# its DistributedDataParallel wrapper), x a batch of images in [-1, 1], eps standard normal noise
+# of x's shape drawn by the training loop, labels the batch's Labels (None: unlabelled training).
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, Labels | None], torch.Tensor]
 
 
 def train(
@@ -65,12 +75,14 @@ def train(
     device: torch.device,
     state_path: Path | None = None,
     save_every: int = 0,
+    labels: torch.Tensor | None = None,
 ) -> dict:
     """Minimise ``loss_fn(net, batch, eps)`` over batches of ``data`` (uint8 images, on CPU).
 
     Batches are drawn without replacement within an epoch, in an order fixed by ``cfg.seed``,
     and the noise ``eps`` of each batch comes from the same generator, so a run on CPU is
-    deterministic.
+    deterministic. With ``labels`` (one class per image of ``data``) each batch also gets its
+    :class:`Labels` (an unlabelled run draws exactly what it drew before labels existed).
 
     Under torchrun (world size N > 1) the model is wrapped in DistributedDataParallel and each
     rank takes its 1/N of every batch, and the matching rows of the batch's noise: the ranks
@@ -154,7 +166,11 @@ def train(
         cursor += cfg.batch_size
         eps = torch.randn((len(idx), *data.shape[1:]), generator=g)
         x = data[idx[share]].to(device).float() / 127.5 - 1.0
-        loss = loss_fn(net, x, eps[share].to(device))
+        lab = None
+        if labels is not None:
+            u = torch.rand(len(idx), generator=g)
+            lab = Labels(labels[idx[share]].to(device), u[share].to(device))
+        loss = loss_fn(net, x, eps[share].to(device), lab)
         value = dist.mean(loss.item(), device)  # the whole batch's loss, on every rank
         if not math.isfinite(value):
             kept = (

@@ -11,7 +11,9 @@ def test_three_samplers_are_registered():
 def test_unknown_name_lists_the_registered_ones():
     with pytest.raises(UnknownMethodError) as e:
         methods.get("diffusion")
-    assert "'diffusion'" in str(e.value) and "biflow, tarflow, tarflow_score" in str(e.value)
+    assert "'diffusion'" in str(
+        e.value
+    ) and "biflow, biflow_score, tarflow, tarflow_jacobi, tarflow_score" in str(e.value)
 
 
 def test_duplicates_and_non_samplers_are_rejected():

@@ -1,0 +1,333 @@
+"""Paper-style tables from a finished run folder, aggregated over replicates.
+
+``python -m bench tables RUN_DIR [--out DIR]`` writes ``main.csv``, ``reverse.csv``,
+``denoise.csv``, ``ablations.csv`` and ``tables.md`` (default ``RUN_DIR/tables/``). Each
+paragraph tests a claim of the papers (an FID ordering, an ablation) against the run-to-run
+spread; every figure in it comes from results.csv.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from bench.report import IncompleteRunError, check_complete
+from methods.atomic import write_text
+
+TABLES = ("main", "reverse", "denoise", "ablations")
+FACTORS = ("reverse", "denoise", "norm_control", "guidance", "feature_loss", "conditional")
+ABLATED = ("norm_control", "guidance", "feature_loss")
+OFF = {"norm_control": "off", "guidance": "0", "feature_loss": "off"}  # "without" the factor
+REVERSE_ORDER = ("aligned", "naive", "exact")  # the paper's claim, lowest FID first
+DENOISE_ORDER = ("learned", "score", "none")
+QUALITY = ("fid_domain", "is_domain", "kid_domain", "fid_inception_offline", "jacobi_rel_err")
+TIMING = ("latency_ms_b1", "throughput_img_s", "speedup_b1", "speedup_tput")
+COST = ("nfe", "sequential_steps", "params")  # deterministic per variant up to Jacobi stopping
+REQUIRED = ("method", "variant", "tables", "fid_domain")
+GAP = "Gap: FID of the row expected worse minus FID of the one expected better (+: as claimed)."
+SPREAD = (
+    "Spread: the larger of the two rows' sample standard deviations of FID over replicates "
+    "(ddof=1); a gap no larger than the spread is not resolved."
+)
+
+Row = Mapping[str, object]
+
+
+def load(run_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """results.csv (one row per variant and replicate, plus anchors) and run.json's config."""
+    path = run_dir / "results.csv"
+    if not path.is_file():
+        raise IncompleteRunError(f"{path}: no such file; tables needs a finished run folder")
+    info = check_complete(run_dir)
+    try:
+        rows = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise IncompleteRunError(f"{path}: unreadable ({e})") from None
+    missing = [c for c in REQUIRED if c not in rows.columns]
+    if missing:
+        raise IncompleteRunError(
+            f"{path}: no column {', '.join(missing)} (a run from before variants and "
+            f"replicates?); rerun it with this version"
+        )
+    return rows, info.get("config", {})
+
+
+def _factor(value: object, name: str) -> str:
+    """A factor value as a comparable string; guidance 0, 0.0 and '0' are all '0'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    number = pd.to_numeric(value, errors="coerce") if name == "guidance" else math.nan
+    return str(value) if pd.isna(number) else f"{number:g}"
+
+
+def _num(group: pd.DataFrame, column: str) -> pd.Series:
+    return pd.to_numeric(group.get(column, pd.Series(math.nan, group.index)), errors="coerce")
+
+
+def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, variant) (anchors: per method; every listed method's variant is
+    "default"), in order of first appearance. Quality: mean and sample std (ddof=1, NaN with one
+    replicate); timings: median; NFE, steps, params: mean."""
+    rows = rows.assign(
+        method=rows["method"].astype(str),
+        variant=rows["variant"].astype(str),
+        replicate=rows.get("replicate", 0),
+    )
+    out = []
+    for _, g in rows.groupby(["method", "variant"], sort=False):
+        first = g.iloc[0]
+        member = {t.strip() for cell in g["tables"].dropna() for t in str(cell).split(",")}
+        rec: dict[str, object] = {
+            "method": first["method"],
+            "variant": first["variant"],
+            "anchor": first["method"].startswith("anchor"),
+            "tables": ",".join(t for t in TABLES if t in member),
+            "replicates": g["replicate"].nunique(),
+        }
+        rec |= {f: _factor(first.get(f), f) for f in FACTORS}
+        for c in QUALITY:
+            rec[f"{c}_mean"], rec[f"{c}_std"] = _num(g, c).mean(), _num(g, c).std(ddof=1)
+        rec |= {f"{c}_median": _num(g, c).median() for c in TIMING}
+        rec |= {c: _num(g, c).mean() for c in COST}
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def select(agg: pd.DataFrame, table: str) -> pd.DataFrame:
+    """The aggregated rows that belong to ``table``; anchors last."""
+    sub = agg[agg["tables"].str.split(",").apply(lambda ts: table in ts)]
+    return pd.concat([sub[~sub["anchor"]], sub[sub["anchor"]]])
+
+
+def _name(r: Row) -> str:
+    """A row's name in sentences: its variant, or its method for the "default" variant."""
+    return str(r["method"] if r["variant"] in ("default", "-") else r["variant"])
+
+
+def _f(value: object, fmt: str) -> str:
+    return "" if value is None or pd.isna(value) else fmt.format(value)
+
+
+def _pm(r: Row, column: str, fmt: str = "{:.2f}") -> str:
+    """``mean ± std``; the spread is ``n/a`` with one replicate."""
+    mean, std = r[f"{column}_mean"], r[f"{column}_std"]
+    return "" if pd.isna(mean) else f"{fmt.format(mean)} ± {_f(std, fmt) or 'n/a'}"
+
+
+def _nfe(value: object) -> str:
+    """Whole NFEs as integers; a mean over images that stopped early (Jacobi) to 0.1."""
+    return _f(value, "{:.0f}" if pd.isna(value) or float(value).is_integer() else "{:.1f}")
+
+
+Column = tuple[str, str, Callable[[Row], str]]  # (csv columns, markdown header, cell)
+
+
+def _one(column: str, header: str, fmt: str, scale: float = 1.0) -> Column:
+    """A column of one number, divided by ``scale`` for display (e.g. params in millions)."""
+    return column, header, lambda r: _f(r[column] / scale, fmt)
+
+
+def _spread(column: str, header: str) -> Column:
+    return f"{column}_mean,{column}_std", header, lambda r: _pm(r, column)
+
+
+def _text(column: str, header: str) -> Column:
+    return column, header, lambda r: str(r[column])
+
+
+LEAD = [_text("method", "sampler"), _text("variant", "variant")]
+FID: list[Column] = [
+    _text("replicates", "R"),
+    ("nfe", "NFE", lambda r: _nfe(r["nfe"])),
+    _spread("fid_domain", "FID (domain)"),
+    _spread("is_domain", "IS (domain)"),
+]
+JACOBI = _one("jacobi_rel_err_mean", "Jacobi rel. err", "{:.1e}")
+KID = _one("kid_domain_mean", "KID (domain)", "{:.3f}")
+FACTOR = {f: _text(f, f.replace("_", " ")) for f in FACTORS}
+SPECS: dict[str, list[Column]] = {
+    "main": [
+        *LEAD,
+        *FID,
+        _one("latency_ms_b1_median", "latency b=1 (ms/img)", "{:.1f}"),
+        _one("throughput_img_s_median", "throughput (img/s)", "{:.0f}"),
+        _one("speedup_b1_median", "speedup b=1", "{:.1f}x"),
+        _one("params", "params (M)", "{:.2f}", 1e6),
+        _spread("fid_inception_offline", "FID (inception_offline)"),
+    ],
+    "reverse": [*LEAD, FACTOR["reverse"], FACTOR["denoise"], *FID, KID, JACOBI],
+    "denoise": [*LEAD, FACTOR["reverse"], FACTOR["denoise"], *FID, KID],
+    "ablations": [*LEAD, *FACTOR.values(), *FID, KID],
+}
+
+
+def _present(sub: pd.DataFrame, spec: list[Column]) -> list[Column]:
+    """The columns of ``spec`` that the rows measure (all of them for no rows)."""
+    return [c for c in spec if sub.empty or any(sub[k].notna().any() for k in c[0].split(","))]
+
+
+def csv_frame(sub: pd.DataFrame, table: str) -> pd.DataFrame:
+    """The machine-readable form of one table: raw numbers, means and stds in their own columns."""
+    cols = [k for c in _present(sub, SPECS[table]) for k in c[0].split(",")]
+    return sub[cols]
+
+
+def md_table(sub: pd.DataFrame, table: str) -> str:
+    """The table in GitHub markdown, numbers formatted as in report.md."""
+    cols = _present(sub, SPECS[table])
+    rows = [[cell(r) for _, _, cell in cols] for r in sub.to_dict("records")]
+    return tabulate(rows, [h for _, h, _ in cols], tablefmt="github", disable_numparse=True)
+
+
+def compare(better: Row, worse: Row) -> tuple[str, str]:
+    """Whether ``better`` has the lower FID beyond the spread: (verdict, the numbers)."""
+    gap = float(worse["fid_domain_mean"]) - float(better["fid_domain_mean"])  # FID units
+    s1, s2 = float(better["fid_domain_std"]), float(worse["fid_domain_std"])
+    spread = math.nan if math.isnan(s1) or math.isnan(s2) else max(s1, s2)
+    seeds = min(int(better["replicates"]), int(worse["replicates"]))
+    if math.isnan(gap):
+        return "not measured (no FID)", "FID missing"
+    if math.isnan(spread):
+        text = f"gap {gap:+.2f}, spread n/a (one replicate: not tested against noise)"
+        return ("holds" if gap > 0 else "does not hold"), text
+    text = f"gap {gap:+.2f} vs spread {spread:.2f}"
+    if abs(gap) <= spread:
+        return f"within the spread (not resolved by {seeds} seeds)", text
+    return ("holds" if gap > 0 else "does not hold"), text
+
+
+def ordering(sub: pd.DataFrame, factor: str, order: tuple[str, ...], control: str) -> list[str]:
+    """Paragraph lines testing FID(order[0]) < FID(order[1]) < ... for adjacent present values,
+    pairing rows of equal ``control`` where there are such (else every pair, said so)."""
+    claim = " < ".join(f"FID({v})" for v in order)
+    present = [v for v in order if (sub[factor] == v).any()]
+    lines, verdicts = [], []
+    for lo, hi in zip(present, present[1:], strict=False):
+        a, b = sub[sub[factor] == lo].to_dict("records"), sub[sub[factor] == hi].to_dict("records")
+        pairs = [(x, y) for x in a for y in b if x[control] == y[control]]
+        matched = bool(pairs)
+        for x, y in pairs or [(x, y) for x in a for y in b]:
+            verdict, text = compare(x, y)
+            verdicts.append(verdict)
+            where = (
+                f"{control}={x[control]}"
+                if matched
+                else f"{control} differs: {x[control]} vs {y[control]}"
+            )
+            lines.append(
+                f"- {lo} vs {hi} ({where}): FID {_pm(x, 'fid_domain')} (`{_name(x)}`) vs "
+                f"{_pm(y, 'fid_domain')} (`{_name(y)}`); {text}: **{verdict}**."
+            )
+    if not verdicts:
+        return [f"Fewer than two of {', '.join(order)} are in this table: nothing to compare."]
+    n, bad = len(verdicts), sum(v == "does not hold" for v in verdicts)
+    unresolved = sum(v.startswith("within") for v in verdicts)
+    if all(v == "holds" for v in verdicts):
+        head = f"**holds** in all {n} comparisons."
+    elif bad:
+        head = f"**does not hold**: {bad} of {n} comparisons go the other way."
+    else:
+        head = f"is **within the spread (not resolved by these seeds)** in {unresolved} of {n}."
+    tail = []
+    for k, g in sub.groupby(control, sort=False):  # the ordering seen in each control group
+        ranked = g.sort_values("fid_domain_mean").to_dict("records")
+        if len(ranked) > 1:
+            seen = [f"{r[factor]} (`{_name(r)}`, {r['fid_domain_mean']:.2f})" for r in ranked]
+            tail.append(f"Observed FID order within {control}={k}: {' < '.join(seen)}.")
+    others = sorted(set(sub[factor]) - set(order))
+    tail += [f"Rows with {factor} {', '.join(others)} are not part of the claim."] if others else []
+    return [f"The paper's ordering {claim} {head}", GAP, SPREAD, "", *lines, "", *tail]
+
+
+def ablations(sub: pd.DataFrame) -> list[str]:
+    """One line per pair of rows of one sampler that differ in one ablated factor alone."""
+    rows = sub[~sub["anchor"]].to_dict("records")
+    lines = []
+    for f in ABLATED:
+        found = 0
+        for i, a in enumerate(rows):
+            for b in rows[i + 1 :]:
+                same = all(a[c] == b[c] for c in FACTORS if c != f)
+                if a["method"] != b["method"] or a[f] == b[f] or not same:
+                    continue
+                on, off = (b, a) if a[f] == OFF[f] else (a, b)
+                verdict, text = compare(on, off)
+                effect = {"holds": "lower FID with it", "does not hold": "higher FID with it"}
+                found += 1
+                lines.append(
+                    f"- **{f}** in `{a['method']}`: FID {_pm(on, 'fid_domain')} with {f}={on[f]} "
+                    f"(`{_name(on)}`, NFE {_nfe(on['nfe'])}) vs {_pm(off, 'fid_domain')} with "
+                    f"{f}={off[f]} (`{_name(off)}`, NFE {_nfe(off['nfe'])}); {text}: "
+                    f"**{effect.get(verdict, verdict)}**."
+                )
+        if not found:
+            lines.append(f"- **{f}**: no two rows of one sampler differ in {f} alone.")
+    nets = sorted({str(r["feature_loss"]) for r in rows} - {"off", "-"})
+    net = f"`{'`, `'.join(nets)}`" if nets else "none (no row uses it)"
+    gap = "Gap: FID without the factor minus FID with it (positive: the factor lowers FID)."
+    return [f"Feature loss network: {net}.", gap, SPREAD, "", *lines]
+
+
+def _main_note(sub: pd.DataFrame) -> list[str]:
+    samplers = sub[~sub["anchor"]]
+    out = [
+        "Anchors (last rows) are scored like samplers: Gaussian noise marks the FID ceiling, held-"
+        "out real images the floor. Speedups are against the `tarflow` row of the same replicate."
+    ]
+    if samplers["fid_domain_mean"].notna().any():
+        best = samplers.loc[samplers["fid_domain_mean"].idxmin()]
+        out.append(f"Lowest sampler FID: `{_name(best)}` ({_pm(best, 'fid_domain')}).")
+    if samplers["speedup_b1_median"].notna().any():
+        fast = samplers.loc[samplers["speedup_b1_median"].idxmax()]
+        out.append(f"Largest batch-1 speedup: `{_name(fast)}` ({fast['speedup_b1_median']:.1f}x).")
+    return [" ".join(out)]
+
+
+def render(rows: pd.DataFrame, config: dict, name: str) -> tuple[str, dict[str, pd.DataFrame]]:
+    """tables.md and the four CSV frames of one run's rows."""
+    agg = aggregate(rows)
+    reps = rows["replicate"].nunique() if "replicate" in rows.columns else 1
+    extractors = ", ".join(config.get("metrics", {}).get("extractors", ["domain"]))
+    out = [
+        f"# flowbench tables: run `{name}`",
+        "",
+        f"FID, IS and KID are computed with the `domain` extractor (features of the classifier "
+        f"trained on this dataset's training split; comparable within these tables, not with "
+        f"Inception FID; this run's extractors: {extractors}), on "
+        f"{config.get('eval', {}).get('num_samples', '?')} images per sampler and replicate, over "
+        f"{reps} replicate{'s' if reps != 1 else ''} (each retrains every model and draws new "
+        f"sampling seeds). Quality: mean ± sample std over replicates (ddof=1; n/a with one "
+        f"replicate). Timings: median over replicates. NFE and params: mean over replicates.",
+    ]
+    titles = {
+        "main": ("Main comparison", _main_note),
+        "reverse": ("Reverse model", lambda s: ordering(s, "reverse", REVERSE_ORDER, "denoise")),
+        "denoise": ("Denoising", lambda s: ordering(s, "denoise", DENOISE_ORDER, "reverse")),
+        "ablations": ("Ablations", ablations),
+    }
+    frames = {}
+    for table, (title, note) in titles.items():
+        sub = select(agg, table)
+        frames[table] = csv_frame(sub, table)
+        out += ["", f"## {title} (`{table}`)", ""]
+        if sub.empty:
+            out.append(f"No row of this run belongs to the `{table}` table: skipped.")
+            continue
+        out += [md_table(sub, table), "", *note(sub)]
+    return "\n".join(out) + "\n", frames
+
+
+def write(run_dir: Path, out: Path | None = None) -> Path:
+    """Write tables.md and main/reverse/denoise/ablations.csv (header only for an empty table)
+    into ``out`` (default ``RUN_DIR/tables``); return the path of tables.md."""
+    rows, config = load(run_dir)
+    out = run_dir / "tables" if out is None else out
+    text, frames = render(rows, config, str(config.get("name", run_dir.name)))
+    for table, frame in frames.items():
+        write_text(out / f"{table}.csv", frame.to_csv(index=False))
+    write_text(out / "tables.md", text)
+    return out / "tables.md"

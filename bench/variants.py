@@ -1,0 +1,52 @@
+"""What a run measures: one entry per (sampler configuration, replicate).
+
+A config names samplers two ways: ``methods`` (registered samplers with the run's own config; the
+results call their variant "default") and ``variants`` (named overrides of the model and sampling
+sections). ``replicates`` R repeats every entry with fresh training seeds and fresh sampling
+seeds, so the tables can set each difference against the run-to-run spread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from bench.config import BenchConfig, variant_config
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str  # unique in the run: names its parts, grid, timing and memory rows
+    method: str  # registered sampler
+    variant: str  # the results' `variant` column
+    tables: tuple[str, ...]  # `bench tables` tables that list it
+    replicate: int  # 0 .. R-1
+    cfg: BenchConfig  # the run's config with the variant's overrides and this replicate's seeds
+
+
+def replicate_config(cfg: BenchConfig, r: int) -> BenchConfig:
+    """Replicate ``r``: both training seeds + r, and scored images drawn from seeds shifted by
+    r x eval.num_samples (disjoint from every other replicate's)."""
+    if r == 0:
+        return cfg
+    ev = cfg.eval
+    return replace(
+        cfg,
+        tarflow_train=replace(cfg.tarflow_train, seed=cfg.tarflow_train.seed + r),
+        biflow_train=replace(cfg.biflow_train, seed=cfg.biflow_train.seed + r),
+        eval=replace(ev, seed=ev.seed + r * ev.num_samples),
+    )
+
+
+def entries(cfg: BenchConfig) -> list[Entry]:
+    """Every (sampler configuration, replicate) of the run, replicate by replicate."""
+    base = [(m, m, "default", ("main",), cfg) for m in cfg.methods]
+    base += [
+        (v.name, v.method, v.name, v.tables, variant_config(cfg, i))
+        for i, v in enumerate(cfg.variants)
+    ]
+    out = []
+    for r in range(cfg.replicates):
+        for name, method, variant, tables, c in base:
+            key = name if cfg.replicates == 1 else f"{name}.r{r}"
+            out.append(Entry(key, method, variant, tables, r, replicate_config(c, r)))
+    return out
