@@ -30,7 +30,8 @@ def bench(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         (["run", "missing.yaml"], "config file 'missing.yaml' does not exist"),
         (
             ["run", SMOKE, "--set", "methods=[tarflow,diffusion]"],
-            "unknown method 'diffusion'; registered: biflow, biflow_score, tarflow, tarflow_jacobi, tarflow_score",
+            "unknown method 'diffusion'; registered: biflow, biflow_score, tarflow, "
+            "tarflow_jacobi, tarflow_score",
         ),
         (
             ["run", SMOKE, "--set", "tarflow.patch_size=5"],
