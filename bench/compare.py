@@ -1,6 +1,7 @@
 """`bench compare BASELINE NEW`: every metric of two runs side by side, with a verdict.
 
-Rows are matched by (method, variant). Each metric has a kind that decides how it is judged:
+Rows are matched by (method, variant, replicate). Each metric has a kind that decides how it is
+judged:
 
 - ``exact``: deterministic counts (NFE, sequential steps, FLOPs, parameters, non-finite images);
   any change fails.
@@ -61,7 +62,7 @@ METRICS = [
     Metric("kid_inception", "kid", +1),
     Metric("is_inception", "is", -1),
 ]
-KEY = ["method", "variant"]
+KEY = ["method", "variant", "replicate"]  # tables from before replicates: replicate 0
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,13 @@ def load_results(path: Path) -> Results:
             raise CompareError(f"{file}: expected a run folder, a .csv or a .parquet file")
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise CompareError(f"{file}: unreadable results table ({str(e)[:200]})") from None
+    if "replicate" not in table.columns:
+        table["replicate"] = 0
     missing = [c for c in (*KEY, "dataset", "extractors") if c not in table.columns]
     if missing:
         raise CompareError(f"{file}: not a flowbench results table (no column {missing[0]!r})")
     if table.duplicated(KEY).any():
-        raise CompareError(f"{file}: more than one row for the same (method, variant)")
+        raise CompareError(f"{file}: more than one row for the same (method, variant, replicate)")
     return Results(table, path, config)
 
 
@@ -163,7 +166,7 @@ def _isnan(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def _keys(table: pd.DataFrame) -> list[tuple[str, str]]:
+def _keys(table: pd.DataFrame) -> list[tuple[str, str, int]]:
     return sorted(map(tuple, table[KEY].values.tolist()))
 
 
@@ -174,7 +177,7 @@ def compare(base: Results, new: Results, th: CompareConfig) -> tuple[pd.DataFram
     merged = base.table.merge(new.table, on=KEY, suffixes=("_base", "_new"))
     if merged.empty:
         raise CompareError(
-            f"no common (method, variant) rows: baseline {_keys(base.table)}, "
+            f"no common (method, variant, replicate) rows: baseline {_keys(base.table)}, "
             f"new {_keys(new.table)}"
         )
     lost = set(_keys(base.table)) - set(_keys(merged))
@@ -194,6 +197,7 @@ def compare(base: Results, new: Results, th: CompareConfig) -> tuple[pd.DataFram
                 {
                     "method": r["method"],
                     "variant": r["variant"],
+                    "replicate": r["replicate"],
                     "metric": m.column,
                     "kind": m.kind,
                     "baseline": b,
@@ -203,11 +207,12 @@ def compare(base: Results, new: Results, th: CompareConfig) -> tuple[pd.DataFram
                     "verdict": verdict,
                 }
             )
-    for method, variant in sorted(lost):
+    for method, variant, replicate in sorted(lost):
         out.append(
             {
                 "method": method,
                 "variant": variant,
+                "replicate": replicate,
                 "metric": "(row)",
                 "kind": "exact",
                 "baseline": math.nan,
@@ -231,7 +236,7 @@ def render(table: pd.DataFrame, base: Results, new: Results, th: CompareConfig) 
 
     rows = [
         [
-            r.method,
+            r.method if r.variant in ("default", "-") else f"{r.method} ({r.variant})",
             r.metric,
             r.kind,
             num(r.baseline),

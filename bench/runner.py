@@ -28,7 +28,7 @@ from bench.flops import count_flops, matmul_peak
 from bench.models import ModelStore
 from bench.quality import Scorer
 from bench.timing import calibration_workload, measure_interleaved, peak_memory
-from bench.variants import entries, replicate_config
+from bench.variants import check_choices, entries, replicate_config
 from methods import atomic, dist, faults
 from methods.base import Sampler, noise_for_seeds, to_uint8
 from methods.biflow import inversion_error
@@ -397,8 +397,9 @@ def run(
     ``parts/``; a resumed run measures only what is missing.
     """
     base = config_path.resolve().parent if config_path else Path.cwd()
-    for m in cfg.methods:
+    for m in [*cfg.methods, *(v.method for v in cfg.variants)]:
         methods.get(m)  # unknown names fail before any work
+    check_choices(entries(cfg))
     device = dist.init(resolve_device(cfg.device))  # joins the process group under torchrun
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

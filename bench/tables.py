@@ -8,6 +8,7 @@ spread; every figure in it comes from results.csv.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -287,8 +288,27 @@ def _main_note(sub: pd.DataFrame) -> list[str]:
     return [" ".join(out)]
 
 
-def render(rows: pd.DataFrame, config: dict, name: str) -> tuple[str, dict[str, pd.DataFrame]]:
-    """tables.md and the four CSV frames of one run's rows."""
+def feature_net_note(models: dict, config: dict) -> list[str]:
+    """What the feature loss compared, from run.json's model records and config."""
+    nets = [(k, r) for k, r in models.items() if r.get("kind") == "feature_net"]
+    scorer = config.get("classifier", {})
+    which = f", width {scorer['width']}, seed {scorer.get('seed')}" if "width" in scorer else ""
+    return [
+        f"The feature loss network is `{k}`: a CNN of the domain classifier's architecture "
+        f"(width {r.get('width')}, seed {r.get('seed')}), trained on the same training split. "
+        f"It is not the network that scores FID (`domain_classifier`"
+        f"{which}), but it learned the "
+        f"same task from the same images, so part of a lower domain FID with the feature loss "
+        f"may be shared features rather than better images."
+        for k, r in nets
+    ]
+
+
+def render(
+    rows: pd.DataFrame, config: dict, name: str, models: dict | None = None
+) -> tuple[str, dict[str, pd.DataFrame]]:
+    """tables.md and the four CSV frames of one run's rows (``models``: run.json's model
+    records, which say what the feature loss used)."""
     agg = aggregate(rows)
     reps = rows["replicate"].nunique() if "replicate" in rows.columns else 1
     extractors = ", ".join(config.get("metrics", {}).get("extractors", ["domain"]))
@@ -307,7 +327,10 @@ def render(rows: pd.DataFrame, config: dict, name: str) -> tuple[str, dict[str, 
         "main": ("Main comparison", _main_note),
         "reverse": ("Reverse model", lambda s: ordering(s, "reverse", REVERSE_ORDER, "denoise")),
         "denoise": ("Denoising", lambda s: ordering(s, "denoise", DENOISE_ORDER, "reverse")),
-        "ablations": ("Ablations", ablations),
+        "ablations": (
+            "Ablations",
+            lambda s: [*ablations(s), "", *feature_net_note(models or {}, config)],
+        ),
     }
     frames = {}
     for table, (title, note) in titles.items():
@@ -325,8 +348,9 @@ def write(run_dir: Path, out: Path | None = None) -> Path:
     """Write tables.md and main/reverse/denoise/ablations.csv (header only for an empty table)
     into ``out`` (default ``RUN_DIR/tables``); return the path of tables.md."""
     rows, config = load(run_dir)
+    models = json.loads((run_dir / "run.json").read_text()).get("models") or {}
     out = run_dir / "tables" if out is None else out
-    text, frames = render(rows, config, str(config.get("name", run_dir.name)))
+    text, frames = render(rows, config, str(config.get("name", run_dir.name)), models)
     for table, frame in frames.items():
         write_text(out / f"{table}.csv", frame.to_csv(index=False))
     write_text(out / "tables.md", text)

@@ -288,3 +288,44 @@ def test_compare_catches_decoding_without_the_kv_cache(runs, tmp_path, capsys):
     # Recomputing every prefix at the throughput batch also holds larger activations.
     gated = {"latency_b1_vs_cal", "tput_time_vs_cal", "flops_per_img", "peak_mem_mb"}
     assert {k for _, k in regressed} <= gated
+
+
+VARIANTS = (
+    "variants=["
+    "{name: jacobi, method: tarflow_jacobi, tables: [main]},"
+    "{name: cfg, method: tarflow, tables: [main, ablations],"
+    " overrides: {tarflow.num_classes: 10, sampling.guidance: 1.0}},"
+    "{name: cond, method: biflow, tables: [ablations],"
+    " overrides: {tarflow.num_classes: 10, biflow.guidance_max: 2.0}},"
+    "{name: bicfg, method: biflow, tables: [main, ablations],"
+    " overrides: {tarflow.num_classes: 10, biflow.guidance_max: 2.0, sampling.guidance: 1.0}}]"
+)
+
+
+def test_variants_and_replicates_run_and_tabulate(runs, tmp_path, capsys):
+    """Named variants (Jacobi, class-conditional models with guidance) over 2 replicates, then
+    `bench tables`: the counted NFE shows guidance's two passes in TarFlow and one in BiFlow."""
+    first, *_ = runs
+    cache = first.parent / "cache"  # the classifier and the default flow are reused
+    fast = ["eval.memory=false", "eval.sweep_batches=[1]", "metrics.extractors=[domain]"]
+    fast += ["eval.num_samples=50", "eval.batch_size=25", "eval.kid_subset=25", "replicates=2"]
+    sets = [a for s in ["methods=[tarflow]", VARIANTS, *fast] for a in ("--set", s)]
+    run_smoke(tmp_path / "v", cache, *sets)
+    t = pd.read_csv(tmp_path / "v" / "results.csv")
+    assert len(t) == 2 * 4 + 2 * 2  # 4 samplers and 2 anchors per replicate
+    for r in (0, 1):
+        rep = t[t.replicate == r].set_index("variant")
+        causal = rep.loc["default", "nfe"]
+        assert rep.loc["cfg", "nfe"] == 2 * causal  # conditional + unconditional per step
+        assert rep.loc["cfg", "sequential_steps"] == causal  # in one batched call
+        assert rep.loc["bicfg", "nfe"] == rep.loc["cond", "nfe"] == 1
+        assert rep.loc["jacobi", "nfe"] < causal and rep.loc["jacobi", "jacobi_rel_err"] < 0.05
+        assert rep.loc["cfg", "conditional"] == "yes" and rep.loc["cfg", "guidance"] == 1.0
+    digests = t[t.variant == "default"].images_sha256
+    assert digests.nunique() == 2  # replicate 1: other weights and other seeds
+    assert main(["tables", str(tmp_path / "v")]) == 0
+    text = (tmp_path / "v" / "tables" / "tables.md").read_text()
+    assert "**guidance** in `biflow`" in text  # cond vs bicfg: one model, w = 0 and 1
+    abl = pd.read_csv(tmp_path / "v" / "tables" / "ablations.csv")
+    assert set(abl.variant) == {"cfg", "cond", "bicfg"}
+    capsys.readouterr()

@@ -2,6 +2,24 @@ import pytest
 
 from bench.config import BenchConfig, ConfigError, config_hash, load_config
 
+V = "variants:\n  - name: x\n    method: biflow\n"  # one variant; tests append its fields
+V_ERR = "variants[0] (x): "
+
+
+def test_variants_expand_into_entries_with_their_own_config_and_seeds(tmp_path):
+    from bench.variants import entries
+
+    text = V + "    overrides: {biflow.align_weight: 0.0}\nreplicates: 2\n"
+    cfg = load_config(write(tmp_path, text), ["methods=[tarflow]"])
+    got = entries(cfg)
+    assert [e.key for e in got] == ["tarflow.r0", "x.r0", "tarflow.r1", "x.r1"]
+    assert [e.variant for e in got] == ["default", "x", "default", "x"]
+    x0, x1 = got[1].cfg, got[3].cfg
+    assert x0.biflow.align_weight == x1.biflow.align_weight == 0.0
+    assert got[0].cfg.biflow.align_weight == 1.0  # the override is the variant's alone
+    assert x1.tarflow_train.seed == x0.tarflow_train.seed + 1
+    assert x1.eval.seed == x0.eval.seed + cfg.eval.num_samples  # disjoint scored seeds
+
 
 def write(tmp_path, text):
     p = tmp_path / "c.yaml"
@@ -16,7 +34,7 @@ def test_defaults_and_overrides(tmp_path):
 
 
 def test_the_shipped_configs_load():
-    for path in ("bench.yaml", "configs/smoke.yaml"):
+    for path in ("bench.yaml", "configs/smoke.yaml", "configs/paper_tables.yaml"):
         load_config(path)
 
 
@@ -36,6 +54,13 @@ def test_the_shipped_configs_load():
         ("methods: tarflow\n", [], "methods: got 'tarflow'; allowed: a list"),
         ("tarflow: 3\n", [], "tarflow: got 3; allowed: a mapping of TarFlowConfig fields"),
         ("", ["eval.seed"], "--set 'eval.seed': expected dotted.key=value"),
+        ("", ["replicates=0"], "replicates: got 0; allowed: >= 1"),
+        (V + "    overrides: {biflow.align_weight: -1}\n", [], V_ERR + "biflow.align_weight: got"),
+        (V + "    overrides: {eval.seed: 3}\n", [], "overrides: got 'eval.seed'; allowed: dotted"),
+        (V + "    overrides: {tarflow.widht: 3}\n", [], V_ERR + "tarflow.widht: unknown key"),
+        (V + "    tables: [main, misc]\n", [], "tables: got ['main', 'misc']; allowed: a list"),
+        (V.replace("name: x", "name: biflow"), [], "variants: got ['biflow']; allowed: names"),
+        (V.replace("name: x", "name: a b"), [], "name: got 'a b'; allowed: letters"),
     ],
 )
 def test_bad_config_names_key_value_and_what_is_allowed(tmp_path, text, overrides, message):
@@ -56,3 +81,24 @@ def test_hash_is_stable_and_sensitive():
     assert config_hash(a.tarflow) == config_hash(b.tarflow)
     c = load_config(None, ["tarflow.noise_std=0.2"])
     assert config_hash(a.tarflow) != config_hash(c.tarflow)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("{sampling.guidance: 1.0}", "x: sampling.guidance: got 1.0; classifier-free guidance"),
+        (
+            "{sampling.guidance: 3.0, tarflow.num_classes: 10, biflow.guidance_max: 2.0}",
+            "x: sampling.guidance: got 3.0; the reverse model learns guidance scales up to",
+        ),
+    ],
+)
+def test_guidance_the_models_cannot_honour_is_refused_before_training(
+    tmp_path, capsys, overrides, message
+):
+    from bench.cli import main
+
+    path = write(tmp_path, V + f"    overrides: {overrides}\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before any work
