@@ -9,12 +9,13 @@ from pathlib import Path
 
 from bench import dryrun, tables
 from bench.compare import CompareError, compare, load_results, render, thresholds
-from bench.config import ConfigError, load_config
+from bench.config import ConfigError, load_config, variant_config
 from bench.data import DataError
 from bench.metrics import CacheIntegrityError
 from bench.report import IncompleteRunError, render_many, write
 from bench.runner import BenchError, run
 from bench.stability import stability
+from bench.variants import check_choices, entries
 from methods.atomic import WriteError, write_text
 from methods.checkpoint import CheckpointError
 from methods.registry import UnknownMethodError
@@ -104,11 +105,20 @@ def _dry_run(cfg, args: argparse.Namespace) -> int:
         given.append("--retrain")
     if given:
         raise ConfigError(f"--dry-run writes and keeps nothing: drop {', '.join(given)}")
-    result = dryrun.dry_run(cfg, args.config)
-    print(dryrun.render(result), flush=True)
-    for problem in result.problems():
-        print(f"error: {problem}", file=sys.stderr)
-    return 0 if result.ok else 1
+    check_choices(entries(cfg))
+    # `methods` with the run's config, then every variant with its own (variants.entries).
+    configs = [("", cfg)] if cfg.methods else []
+    configs += [(f"variant {v.name}: ", variant_config(cfg, i)) for i, v in enumerate(cfg.variants)]
+    ok = True
+    for title, c in configs:
+        result = dryrun.dry_run(c, args.config)
+        if title:
+            print(f"\n## {title}{', '.join(c.methods)}", flush=True)
+        print(dryrun.render(result), flush=True)
+        for problem in result.problems():
+            print(f"error: {title}{problem}", file=sys.stderr)
+        ok = ok and result.ok
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -234,9 +234,11 @@ def render(table: pd.DataFrame, base: Results, new: Results, th: CompareConfig) 
             return "-"
         return f"{x:.4g}"
 
+    several = table["replicate"].nunique() > 1 if "replicate" in table else False
     rows = [
         [
-            r.method if r.variant in ("default", "-") else f"{r.method} ({r.variant})",
+            (r.method if r.variant in ("default", "-") else f"{r.method} ({r.variant})")
+            + (f" r{r.replicate}" if several else ""),
             r.metric,
             r.kind,
             num(r.baseline),

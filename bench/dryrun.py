@@ -195,8 +195,9 @@ def _forward_flops(name: str, model: nn.Module, flow: TarFlow) -> int:
         x = torch.zeros(1, flow.channels, flow.image_size, flow.image_size, device=dev)
     else:
         x = torch.zeros(1, flow.tokens, flow.dim, device=dev)
+    y = torch.zeros(1, dtype=torch.long, device=dev) if getattr(model, "num_classes", 0) else None
     with torch.no_grad():
-        return count_flops(lambda: model(x))
+        return count_flops(lambda: model(x) if y is None else model(x, y=y))
 
 
 def _count(name: str, models: dict[str, nn.Module], cfg_name: str) -> ModelCount:
@@ -220,10 +221,19 @@ def _train_step(name: str, models: dict[str, nn.Module], cfg: BenchConfig, data)
         objective, tcfg = nll_objective(cfg.tarflow.noise_std), cfg.tarflow_train
     else:
         models["flow"].eval().requires_grad_(False)
-        objective, tcfg = biflow_objective(models["flow"]), cfg.biflow_train
+        features = None
+        if cfg.biflow.feature_weight:  # an untrained stand-in of the feature network's shape
+            from bench.metrics import DomainNet, DomainSpec
+
+            flow = models["flow"]
+            spec = DomainSpec(flow.channels, flow.image_size, 10, cfg.classifier.width)
+            features = DomainNet(spec).body.eval().requires_grad_(False)
+        objective, tcfg = biflow_objective(models["flow"], features), cfg.biflow_train
     one = replace(tcfg, steps=1, batch_size=2, warmup_steps=0)
+    n = cfg.tarflow.num_classes
+    labels = torch.arange(len(data)) % n if n else None  # stand-in labels: the shapes matter
     t0 = time.perf_counter()
-    train(model, objective, data, one, f"dry run: {name}", torch.device("cpu"))
+    train(model, objective, data, one, f"dry run: {name}", torch.device("cpu"), labels=labels)
     model.eval().requires_grad_(False)
     return time.perf_counter() - t0
 
@@ -278,7 +288,7 @@ class _Steps:
     def sample(self, cls, copy_fwd: dict[str, int], full_fwd: dict[str, int]) -> Step:
         sampler = _sampler(cls, self.copies, self.sampling)
         own = _own(sampler, self.copies)
-        flops = sampler_flops(sampler, torch.device("cpu"))
+        flops = sampler_flops(sampler, [0, 1])
         flops = round(flops * sum(full_fwd[n] for n in own) / sum(copy_fwd[n] for n in own))
         nfe: list[int] = []
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -28,7 +28,7 @@ from bench.flops import count_flops, matmul_peak
 from bench.models import ModelStore
 from bench.quality import Scorer
 from bench.timing import calibration_workload, measure_interleaved, peak_memory
-from bench.variants import check_choices, entries, replicate_config
+from bench.variants import causal_baseline, check_choices, entries, replicate_config
 from methods import atomic, dist, faults
 from methods.base import Sampler, noise_for_seeds, to_uint8
 from methods.biflow import inversion_error
@@ -241,12 +241,13 @@ def time_samplers(
     return main, sweep
 
 
-def sampler_flops(sampler: Sampler, device: torch.device) -> int:
-    """FLOPs per image of one sampling call (two images, so nothing is batch-1 special)."""
-    z, y = sampler.inputs([0, 1])
+def sampler_flops(sampler: Sampler, seeds: list[int]) -> int:
+    """FLOPs per image of sampling: two images, so nothing is batch-1 special; an adaptive
+    sampler (Jacobi), whose work depends on the images, over the first 64 scored ``seeds``."""
+    z, y = sampler.inputs(seeds[:2] if sampler.fixed_nfe else seeds[:64])
     # A compiled sampler's code runs eagerly here: the same operations, visible to the counter.
     with torch.compiler.set_stance("force_eager"):
-        return count_flops(lambda: sampler.generate(z, y)) // 2
+        return count_flops(lambda: sampler.generate(z, y)) // len(z)
 
 
 def sampler_memory(
@@ -580,7 +581,7 @@ def _measure_all(
         with stages.stage(f"train or load models for {e.key}"):
             models = {need: store.get(need, e.cfg) for need in cls.needs}
         record_models()
-        own = replace(e.cfg.sampling, cuda_graphs=sampling.cuda_graphs)  # warned once above
+        own = e.cfg.sampling.for_device(device)
         try:
             samplers[e.key] = cls.from_models(models, device, own)
         except ValueError as err:  # a sampling choice the trained models cannot honour
@@ -660,13 +661,7 @@ def _measure_all(
     if not dist.is_main():
         return  # the rest runs on rank 0 alone: timings, FLOPs, memory, likelihood, tables
 
-    # Speedups are against exact causal decoding of the same replicate ("tarflow" as listed
-    # in methods, else the first tarflow variant).
-    causal = [e for e in todo if e.method == "tarflow"]
-    causal.sort(key=lambda e: e.variant != "default")
-    baselines = {
-        e.key: next((c.key for c in causal if c.replicate == e.replicate), "") for e in todo
-    }
+    baselines = {e.key: causal_baseline(e, todo) for e in todo}
     timing = stage(
         "timing sweep (samplers interleaved)",
         "timing",
@@ -679,7 +674,7 @@ def _measure_all(
     def flops() -> dict:
         return {
             "matmul_peak": matmul_peak(device),
-            "per_img": {n: sampler_flops(s, device) for n, s in samplers.items()},
+            "per_img": {e.key: sampler_flops(samplers[e.key], seeds_of(e.cfg)) for e in todo},
         }
 
     fl = stage("flops", "flops", flops)
@@ -724,10 +719,12 @@ def _measure_all(
         extra["decode_vs_forward"] = decode_vs_forward(flow, device, cfg)
         reverse = [e for e in uses if "reverse" in methods.get(e.method).needs]
         if reverse and store.loaded("reverse", reverse[0].cfg):
-            g_model = store.get("reverse", reverse[0].cfg)
+            rc = reverse[0].cfg
+            g_model, its_flow = store.get("reverse", rc), store.get("flow", rc)
+            y = splits.holdout_labels.to(device) if rc.tarflow.num_classes else None
             extra["biflow_inversion"] = {
                 "of": reverse[0].key,
-                **inversion_error(g_model, store.get("flow", reverse[0].cfg), held, g, y),
+                **inversion_error(g_model, its_flow, held, g, y),
             }
         return extra
 
@@ -742,6 +739,7 @@ def _measure_all(
         base = table["key"].map(baselines)  # anchors: NaN
         lat = {r["key"]: r["latency_ms_b1"] for r in rows if "key" in r}
         thr = {r["key"]: r["throughput_img_s"] for r in rows if "key" in r}
+        table["speedup_vs"] = base
         table["speedup_b1"] = base.map(lat) / table["latency_ms_b1"]
         table["speedup_tput"] = table["throughput_img_s"] / base.map(thr)
     atomic.atomic_write(run_dir / "results.csv", lambda p: table.to_csv(p, index=False))

@@ -277,7 +277,9 @@ def _main_note(sub: pd.DataFrame) -> list[str]:
     samplers = sub[~sub["anchor"]]
     out = [
         "Anchors (last rows) are scored like samplers: Gaussian noise marks the FID ceiling, held-"
-        "out real images the floor. Speedups are against the `tarflow` row of the same replicate."
+        "out real images the floor. Speedups are against exact causal "
+        "decoding (`tarflow`) of the same replicate, of the same flow and guidance where the run "
+        "has it (results column `speedup_vs`)."
     ]
     if samplers["fid_domain_mean"].notna().any():
         best = samplers.loc[samplers["fid_domain_mean"].idxmin()]

@@ -71,3 +71,18 @@ def check_choices(todo: list[Entry]) -> None:
                 f"{e.key}: sampling.guidance: got {w}; the reverse model learns guidance scales "
                 f"up to biflow.guidance_max = {c.biflow.guidance_max}; allowed: <= that"
             )
+
+
+def causal_baseline(e: Entry, todo: list[Entry]) -> str:
+    """The entry ``e``'s speedups are measured against: exact causal decoding ("tarflow") of the
+    same replicate, of the same flow and with the same guidance when the run has one (a guided
+    sampler against guided decoding), else the replicate's first; "" when there is none."""
+    causal = [c for c in todo if c.method == "tarflow" and c.replicate == e.replicate]
+    same = [
+        c
+        for c in causal
+        if (c.cfg.tarflow, c.cfg.tarflow_train) == (e.cfg.tarflow, e.cfg.tarflow_train)
+        and c.cfg.sampling.guidance == e.cfg.sampling.guidance
+    ]
+    best = same or sorted(causal, key=lambda c: c.variant != "default")
+    return best[0].key if best else ""

@@ -100,10 +100,11 @@ class JacobiSampler(TarFlowSampler):
         (the first ``DEVIATION_DRAWS`` seeds), and the evaluations per block per image."""
         z, y = self.inputs(seeds[: self.DEVIATION_DRAWS])
         s = self.sampling
-        x, used = jacobi_reverse(
-            self.flow, z, s.jacobi_tol, s.jacobi_max_iters, s.jacobi_segment, y, self.guidance
-        )
-        exact = self.flow.reverse(z, y=y, w=self.guidance)
+        with self._precision():  # as the scored images were drawn
+            x, used = jacobi_reverse(
+                self.flow, z, s.jacobi_tol, s.jacobi_max_iters, s.jacobi_segment, y, self.guidance
+            )
+            exact = self.flow.reverse(z, y=y, w=self.guidance)
         return {
             "jacobi_rel_err": ((x - exact).norm() / exact.norm()).item(),
             "jacobi_iters_per_block": [round(n.float().mean().item(), 2) for n in used],

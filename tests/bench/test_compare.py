@@ -116,7 +116,7 @@ def test_mismatched_runs_exit_2_and_say_why(tmp_path, capsys):
         t["variant"] = "other"
 
     code, out = run_compare(capsys, BASELINE, edited(tmp_path / "c", other_rows))
-    assert code == 2 and "no common (method, variant) rows" in out
+    assert code == 2 and "no common (method, variant, replicate) rows" in out
 
 
 def test_an_unfinished_run_is_not_compared(tmp_path, capsys):

@@ -24,9 +24,12 @@ VARIANTS = {
     "biflow_cfg": ("biflow", "ablations", "aligned", "learned", "on", 1.5, "off", 1, (9, 9.5)),
     "biflow_feat": ("biflow", "ablations", "aligned", "learned", "on", 0, "vgg", 1, (11, 13)),
     "tarflow_cfg": ("tarflow", "ablations", "exact", "none", "on", 2.0, "off", 384, (25, 27)),
+    "tarflow_cond": ("tarflow", "ablations", "exact", "none", "on", 0.0, "off", 192, (30, 32)),
+    "biflow_cond": ("biflow", "ablations", "aligned", "learned", "on", 0.0, "off", 1, (10, 12)),
     # biflow's factors but another sampler: never paired with a biflow row
     "other_cfg": ("biflow_score", "ablations", "aligned", "learned", "on", 1.5, "off", 1, (8, 9)),
 }
+CONDITIONAL = {"tarflow_cfg", "tarflow_cond", "biflow_cfg", "biflow_cond", "other_cfg"}
 ANCHORS = {"anchor: gaussian noise": (400, 420), "anchor: held-out real": (1, 3)}
 
 
@@ -53,6 +56,7 @@ def results(fids: dict[str, tuple[float, ...]] | None = None, replicates: int = 
                 | {"is_domain": 2.0 + rep, "kid_domain": 0.1, "precision_domain": 0.5}
                 | {"recall_domain": 0.5, "latency_ms_b1": 100.0 * (rep + 1) + len(variant)}
                 | {"throughput_img_s": 50.0, "speedup_b1": 2.0 + rep, "speedup_tput": 1.0}
+                | {"conditional": "yes" if variant in CONDITIONAL else "no"}
                 | {"extra_column_to_ignore": "x"}
             )
     return pd.DataFrame(rows)
@@ -105,7 +109,7 @@ def test_files_and_aggregation(tmp_path, capsys):
     assert noise["fid_domain_mean"] == pytest.approx(410.0)
     assert noise["fid_domain_std"] == pytest.approx(math.sqrt(200))
     assert "extra_column_to_ignore" not in main_csv.columns
-    assert len(pd.read_csv(out / "ablations.csv")) == 7
+    assert len(pd.read_csv(out / "ablations.csv")) == 9
     row = cells(md, "biflow", "default")
     assert row[:6] == ["biflow", "default", "2", "1", "11.00 ± 1.41", "2.50 ± 0.71"]
     assert row[6:] == ["156.0", "50", "2.5x", "0.93"]  # median ms, img/s, speedup, M params
@@ -157,9 +161,12 @@ def test_ablation_pairs(tmp_path, capsys):
     assert "with norm_control=off (`biflow_nonorm`, NFE 1)" in norm
     assert "gap +2.50 vs spread 1.41" in norm and norm.endswith("**lower FID with it**.")
     guidance = [s for s in md.splitlines() if s.startswith("- **guidance**")]
-    assert len(guidance) == 2  # tarflow vs tarflow_cfg, biflow vs biflow_cfg; not other_cfg
+    # tarflow_cond vs tarflow_cfg, biflow_cond vs biflow_cfg: never an unconditional row (it
+    # differs in `conditional`) nor other_cfg (another sampler)
+    assert len(guidance) == 2
     tar = line(md, "- **guidance** in `tarflow`")
-    assert "guidance=2 (`tarflow_cfg`, NFE 384)" in tar and "guidance=0 (`tarflow`, NFE 192)" in tar
+    assert "guidance=2 (`tarflow_cfg`, NFE 384)" in tar
+    assert "guidance=0 (`tarflow_cond`, NFE 192)" in tar
     assert tar.endswith("**lower FID with it**.")  # 31 -> 26, gap 5 > 1.41
     feat = line(md, "- **feature_loss**")
     assert "feature_loss=vgg (`biflow_feat`" in feat and "gap -1.00" in feat
