@@ -312,7 +312,7 @@ def test_variants_and_replicates_run_and_tabulate(runs, tmp_path, capsys):
     sets = [a for s in ["methods=[tarflow]", VARIANTS, *fast] for a in ("--set", s)]
     run_smoke(tmp_path / "v", cache, *sets)
     t = pd.read_csv(tmp_path / "v" / "results.csv")
-    assert len(t) == 2 * 4 + 2 * 2  # 4 samplers and 2 anchors per replicate
+    assert len(t) == 2 * 5 + 2 * 2  # 5 samplers and 2 anchors per replicate
     for r in (0, 1):
         rep = t[t.replicate == r].set_index("variant")
         causal = rep.loc["default", "nfe"]
