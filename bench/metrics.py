@@ -139,9 +139,14 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_domain_classifier(
-    train: torch.Tensor, labels: torch.Tensor, cfg: ClassifierConfig, path: Path
+    train: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: ClassifierConfig,
+    path: Path,
+    desc: str = "domain classifier",
 ) -> dict:
-    """Train the domain CNN and save it where torch-fidelity's extractor loads it from."""
+    """Train the domain CNN and save it where torch-fidelity's extractor loads it from (also
+    BiFlow's feature-loss network, with its own config; ``desc`` names the progress bar)."""
     torch.manual_seed(cfg.seed)
     spec = DomainSpec(train.shape[1], train.shape[2], int(labels.max()) + 1, cfg.width)
     net = DomainNet(spec)
@@ -150,7 +155,7 @@ def train_domain_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps)
     t0 = time.perf_counter()
     net.train()
-    for _ in tqdm(range(cfg.steps), desc="domain classifier", unit="step", mininterval=1.0):
+    for _ in tqdm(range(cfg.steps), desc=desc, unit="step", mininterval=1.0):
         idx = torch.randint(0, len(train), (cfg.batch_size,), generator=g)
         _, logits = net(_augment(train[idx], g))
         loss = F.cross_entropy(logits, labels[idx])

@@ -213,7 +213,7 @@ class ModelStore:
             s = self.splits
             source = "trained"
             meta = dist.broadcast(
-                train_domain_classifier(s.train, s.train_labels, fcfg, path)
+                train_domain_classifier(s.train, s.train_labels, fcfg, path, "feature network")
                 if dist.is_main()
                 else None
             )
