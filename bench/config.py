@@ -281,13 +281,18 @@ def _set_dotted(raw: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(text) if text else ""
     except yaml.YAMLError:
         value = text
+    _assign(raw, key, value, f"--set {key}")
+
+
+def _assign(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """raw[a][b]...[z] = value for the dotted ``key`` "a.b...z"; ``where`` names it in errors."""
     node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
+    *path, last = key.strip().split(".")
+    for part in path:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {part} is not a section")
-    node[parts[-1]] = value
+            raise ConfigError(f"{where}: {part} is not a section")
+    node[last] = value
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> BenchConfig:
@@ -320,13 +325,7 @@ def variant_config(cfg: BenchConfig, index: int) -> BenchConfig:
     raw = to_dict(cfg)
     raw["methods"], raw["variants"] = [v.method], []
     for key, value in v.overrides.items():
-        node = raw
-        *path, last = str(key).split(".")
-        for part in path:
-            node = node.get(part)
-            if not isinstance(node, dict):
-                raise ConfigError(f"variants[{index}].overrides.{key}: {part} is not a section")
-        node[last] = value
+        _assign(raw, str(key), value, f"variants[{index}].overrides.{key}")
     try:
         return _build(BenchConfig, raw)
     except ConfigError as e:

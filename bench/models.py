@@ -64,7 +64,7 @@ class ModelStore:
         """The trained model ``name`` ("flow" or "reverse") of ``cfg`` (default: the run's); a
         model several configs share is trained or loaded once."""
         cfg = cfg or self.cfg
-        key = self._flow_key(cfg) if name == "flow" else self._reverse_key(cfg)
+        key = self._model_key(name, cfg)
         if key not in self._models:
             build = {"flow": self._flow, "reverse": self._reverse}[name]
             self._models[key] = build(cfg, key)
@@ -72,9 +72,10 @@ class ModelStore:
 
     def loaded(self, name: str, cfg: BenchConfig | None = None) -> bool:
         """Whether this run has already trained or loaded the model ``name`` of ``cfg``."""
-        cfg = cfg or self.cfg
-        key = self._flow_key(cfg) if name == "flow" else self._reverse_key(cfg)
-        return key in self._models
+        return self._model_key(name, cfg or self.cfg) in self._models
+
+    def _model_key(self, name: str, cfg: BenchConfig) -> str:
+        return self._flow_key(cfg) if name == "flow" else self._reverse_key(cfg)
 
     def _shape(self) -> dict[str, int]:
         return {"channels": self.splits.channels, "image_size": self.splits.image_size}
@@ -200,59 +201,35 @@ class ModelStore:
     def feature_net(self, cfg: BenchConfig) -> nn.Module:
         """The frozen feature network of BiFlow's feature loss: images in [-1, 1] -> features
         (see feature_classifier_config); trained on the training split or loaded."""
-        from bench.metrics import DomainFeatureExtractor, train_domain_classifier
+        from bench.metrics import DomainFeatureExtractor
 
         fcfg = feature_classifier_config(cfg)
-        path = self.cache_dir / f"{self._key('featurenet', fcfg)}.pt"
-        if path.stem in self._models:
-            return self._models[path.stem]
-        if dist.broadcast(path.exists() and self._may_load(path)):
-            checkpoint.load_payload(path, "domain_classifier", key=path.stem)
-            source, meta = "cache", {}
-        else:
-            s = self.splits
-            source = "trained"
-            meta = dist.broadcast(
-                train_domain_classifier(s.train, s.train_labels, fcfg, path, "feature network")
-                if dist.is_main()
-                else None
-            )
-        net = DomainFeatureExtractor("feature-net", ["logits_unbiased"], path).net
-        self.records[path.stem] = {
-            "kind": "feature_net",
-            "source": source,
-            "checkpoint": str(path),
-            "width": fcfg.width,
-            "seed": fcfg.seed,
-            "role": "feature loss of BiFlow variants (never scores)",
-            **meta,
-        }
-        self._models[path.stem] = net.body.to(self.device).eval().requires_grad_(False)
-        return self._models[path.stem]
+        key = self._key("featurenet", fcfg)
+        if key not in self._models:
+            path, source, meta = self._classifier_file(key, fcfg, "feature network")
+            net = DomainFeatureExtractor("feature-net", ["logits_unbiased"], path).net
+            self.records[key] = {
+                "kind": "feature_net",
+                "source": source,
+                "checkpoint": str(path),
+                "width": fcfg.width,
+                "seed": fcfg.seed,
+                "role": "feature loss of BiFlow variants (never scores)",
+                **meta,
+            }
+            self._models[key] = net.body.to(self.device).eval().requires_grad_(False)
+        return self._models[key]
 
     def classifier(self) -> tuple[Path, float]:
         """Path of the domain classifier (trained or cached) and its held-out accuracy."""
         # Imported here: bench.metrics pulls in torch-fidelity (and torchvision's models), ~2.5 s
         # that the memory probes, which never need the classifier, should not pay.
-        from bench.metrics import classifier_accuracy, train_domain_classifier
+        from bench.metrics import classifier_accuracy
 
         s, cfg = self.splits, self.cfg.classifier
-        if s.train_labels is None:
-            raise DataError(
-                "the domain feature extractor needs class labels: put the images of each class "
-                "in a subfolder of data.root"
-            )
-        path = self.cache_dir / f"{self._key('domain', cfg)}.pt"
-        if dist.broadcast(path.exists() and self._may_load(path)):
-            source, meta = "cache", {}
-            checkpoint.load_payload(path, "domain_classifier", key=path.stem)
-        else:  # a small evaluation network: rank 0 trains it, the other ranks read its file
-            source = "trained"
-            meta = dist.broadcast(
-                train_domain_classifier(s.train, s.train_labels, cfg, path)
-                if dist.is_main()
-                else None
-            )
+        path, source, meta = self._classifier_file(
+            self._key("domain", cfg), cfg, "domain classifier"
+        )
         acc = classifier_accuracy(path, s.holdout, s.holdout_labels)
         self.records["domain_classifier"] = {
             "kind": "domain_classifier",
@@ -263,3 +240,29 @@ class ModelStore:
             **meta,
         }
         return path, acc
+
+    def _classifier_file(
+        self, key: str, cfg: ClassifierConfig, desc: str
+    ) -> tuple[Path, str, dict]:
+        """A CNN classifier of the training split (``desc``: the domain feature extractor or
+        the feature-loss network), loaded from the cache or trained: its path, "cache" or
+        "trained", and what training did."""
+        from bench.metrics import train_domain_classifier
+
+        s = self.splits
+        if s.train_labels is None:
+            raise DataError(
+                f"the {desc} needs class labels: put the images of each class in a subfolder "
+                "of data.root"
+            )
+        path = self.cache_dir / f"{key}.pt"
+        if dist.broadcast(path.exists() and self._may_load(path)):
+            checkpoint.load_payload(path, "domain_classifier", key=path.stem)
+            return path, "cache", {}
+        # A small network: rank 0 trains it, the other ranks read its file.
+        meta = dist.broadcast(
+            train_domain_classifier(s.train, s.train_labels, cfg, path, desc)
+            if dist.is_main()
+            else None
+        )
+        return path, "trained", meta

@@ -581,11 +581,8 @@ def _measure_all(
         with stages.stage(f"train or load models for {e.key}"):
             models = {need: store.get(need, e.cfg) for need in cls.needs}
         record_models()
-        own = e.cfg.sampling.for_device(device)
-        try:
-            samplers[e.key] = cls.from_models(models, device, own)
-        except ValueError as err:  # a sampling choice the trained models cannot honour
-            raise ConfigError(f"{e.key}: {err}") from None
+        # (sampling choices the models cannot honour were refused by check_choices)
+        samplers[e.key] = cls.from_models(models, device, e.cfg.sampling.for_device(device))
 
     def seeds_of(c: BenchConfig) -> list[int]:
         return [c.eval.seed + i for i in range(c.eval.num_samples)]

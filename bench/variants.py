@@ -56,21 +56,13 @@ def check_choices(todo: list[Entry]) -> None:
     """Sampling choices the entry's models could not honour, refused before any training."""
     from bench.config import ConfigError
     from methods import get
+    from methods.tarflow import guidance_error
 
     for e in todo:
-        c, w = e.cfg, e.cfg.sampling.guidance
-        if not w:
-            continue
-        if not c.tarflow.num_classes:
-            raise ConfigError(
-                f"{e.key}: sampling.guidance: got {w}; classifier-free guidance needs a "
-                "class-conditional flow (tarflow.num_classes > 0); allowed: 0"
-            )
-        if "reverse" in get(e.method).needs and w > c.biflow.guidance_max:
-            raise ConfigError(
-                f"{e.key}: sampling.guidance: got {w}; the reverse model learns guidance scales "
-                f"up to biflow.guidance_max = {c.biflow.guidance_max}; allowed: <= that"
-            )
+        c = e.cfg
+        gmax = c.biflow.guidance_max if "reverse" in get(e.method).needs else None
+        if problem := guidance_error(c.sampling.guidance, c.tarflow.num_classes, gmax):
+            raise ConfigError(f"{e.key}: {problem}")
 
 
 def causal_baseline(e: Entry, todo: list[Entry]) -> str:

@@ -18,7 +18,7 @@ from methods import dist
 from methods.base import DEFAULT_SAMPLING, Sampler, SamplingConfig
 from methods.registry import register
 from methods.score_denoise import tweedie_step
-from methods.tarflow import TarFlow
+from methods.tarflow import TarFlow, guidance_error
 from methods.training import Labels
 from methods.transformer import Layer
 from methods.validate import FieldError, check
@@ -250,11 +250,8 @@ class BiFlowSampler(Sampler):
     ) -> None:
         self.g, self.flow = reverse.eval(), flow
         gmax = reverse.cfg.guidance_max
-        if sampling.guidance > gmax:
-            raise ValueError(
-                f"sampling.guidance: got {sampling.guidance}; this reverse model was trained "
-                f"with guidance scales up to biflow.guidance_max = {gmax}; allowed: <= {gmax}"
-            )
+        if problem := guidance_error(sampling.guidance, flow.cfg.num_classes, gmax):
+            raise ValueError(problem)
         super().__init__(device, sampling)
 
     @classmethod

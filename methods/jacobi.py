@@ -88,22 +88,23 @@ class JacobiSampler(TarFlowSampler):
     def factors(self) -> dict[str, object]:
         return {**super().factors(), "reverse": "jacobi"}
 
-    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def _solve(
+        self, z: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         s = self.sampling
-        x, _ = jacobi_reverse(
+        return jacobi_reverse(
             self.flow, z, s.jacobi_tol, s.jacobi_max_iters, s.jacobi_segment, y, self.guidance
         )
-        return x
+
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self._solve(z, y)[0]
 
     def diagnostics(self, seeds: list[int]) -> dict[str, float]:
         """Relative L2 deviation of Jacobi decoding from exact causal decoding of the same noise
         (the first ``DEVIATION_DRAWS`` seeds), and the evaluations per block per image."""
         z, y = self.inputs(seeds[: self.DEVIATION_DRAWS])
-        s = self.sampling
         with self._precision():  # as the scored images were drawn
-            x, used = jacobi_reverse(
-                self.flow, z, s.jacobi_tol, s.jacobi_max_iters, s.jacobi_segment, y, self.guidance
-            )
+            x, used = self._solve(z, y)
             exact = self.flow.reverse(z, y=y, w=self.guidance)
         return {
             "jacobi_rel_err": ((x - exact).norm() / exact.norm()).item(),

@@ -112,6 +112,30 @@ class CausalNet(nn.Module):
         return self.proj_out(self.norm(h))
 
 
+def guidance_error(w: float, num_classes: int, guidance_max: float | None = None) -> str:
+    """Why sampling with guidance scale ``w`` cannot be honoured ("" when it can): guidance
+    needs a class-conditional flow, and a reverse model (``guidance_max`` given) a scale within
+    those it was trained with."""
+    if not w:
+        return ""
+    if not num_classes:
+        also = (
+            " and a reverse model trained with it (biflow.guidance_max > 0)"
+            if guidance_max is not None
+            else ""
+        )
+        return (
+            f"sampling.guidance: got {w}; classifier-free guidance needs a class-conditional "
+            f"flow (tarflow.num_classes > 0){also}; allowed: 0"
+        )
+    if guidance_max is not None and w > guidance_max:
+        return (
+            f"sampling.guidance: got {w}; the reverse model learns guidance scales up to "
+            f"biflow.guidance_max = {guidance_max}; allowed: <= {guidance_max}"
+        )
+    return ""
+
+
 def is_guided(y: torch.Tensor | None, w: float | torch.Tensor) -> bool:
     """Classifier-free guidance is on: labels given and a scale that is a tensor or nonzero."""
     return y is not None and (isinstance(w, torch.Tensor) or w != 0)
@@ -342,11 +366,8 @@ class TarFlowSampler(Sampler):
         # implies kv_cache: SamplingConfig refuses one without the other.)
         self.static = sampling.compile
         self.guidance = sampling.guidance
-        if self.guidance and not flow.cfg.num_classes:
-            raise ValueError(
-                f"sampling.guidance: got {self.guidance}; classifier-free guidance needs a "
-                "class-conditional TarFlow (tarflow.num_classes > 0); allowed: 0"
-            )
+        if problem := guidance_error(self.guidance, flow.cfg.num_classes):
+            raise ValueError(problem)
         super().__init__(device, sampling)
 
     @classmethod
