@@ -99,17 +99,39 @@ class CausalNet(nn.Module):
         pos: int | torch.Tensor,
         y: torch.Tensor | None,
     ) -> torch.Tensor:
-        if isinstance(pos, torch.Tensor):  # a static-shape decoding step: one token at pos
+        if caches is not None:  # decoding: one token per sequence, (b, 1, D), at position pos
+            return self._step(x[:, 0], caches, pos, y)[:, None]
+        h = self.proj_in(x) + self.pos[pos : pos + x.shape[1]]
+        if self.classes:
+            h = h + self.class_emb(self._labels(x, y))[:, None]
+        for layer in self.layers:
+            h = layer(h, causal=True)
+        return self.proj_out(self.norm(h))
+
+    def _step(
+        self,
+        x: torch.Tensor,
+        caches: list[KVCache],
+        pos: int | torch.Tensor,
+        y: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The same network on one token per sequence, x (b, D), attending to the caches. Kept
+        as flat (b, width) rows: the decode runs it K x (T - 1) times, so every view counts."""
+        if isinstance(pos, torch.Tensor):  # static shapes (compiled): the position as a tensor
             h = self.proj_in(x) + self.pos.index_select(0, pos)
         else:
-            h = self.proj_in(x) + self.pos[pos : pos + x.shape[1]]
+            h = self.proj_in(x) + self.pos[pos]
         if self.classes:
-            if y is None:  # unconditional: the "no class" label
-                y = torch.full((x.shape[0],), self.classes, dtype=torch.long, device=x.device)
-            h = h + self.class_emb(y)[:, None]
-        for i, layer in enumerate(self.layers):
-            h = layer(h, causal=True, cache=None if caches is None else caches[i], pos=pos)
+            h = h + self.class_emb(self._labels(x, y))
+        for layer, cache in zip(self.layers, caches, strict=True):
+            h = layer.step(h, cache, pos)
         return self.proj_out(self.norm(h))
+
+    def _labels(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Class labels, or "no class" for every image (the unconditional model)."""
+        if y is None:
+            return torch.full((x.shape[0],), self.classes, dtype=torch.long, device=x.device)
+        return y
 
 
 def guidance_error(w: float, num_classes: int, guidance_max: float | None = None) -> str:

@@ -1,0 +1,23 @@
+"""The key/value cache's one-query attention against SDPA over the same keys and values."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from methods.transformer import KVCache
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("batch", [2, 64])  # 2 x 4 heads: SDPA; 64 x 4: the matrix-product form
+def test_cached_attention_equals_sdpa_over_the_filled_positions(batch, static):
+    heads, tokens, d = 4, 9, 8
+    g = torch.Generator().manual_seed(0)
+    kv = torch.randn(tokens, batch, 2, heads, d, generator=g)  # what each step writes
+    cache = KVCache(batch, heads, tokens, d, kv, static)
+    for t in range(tokens):
+        pos = torch.tensor([t]) if static else t
+        cache.write(pos, kv[t])
+        q = torch.randn(batch, heads, 1, d, generator=g)
+        k, v = kv[: t + 1].permute(2, 1, 3, 0, 4)  # (2, b, h, t + 1, d) -> keys, values
+        want = F.scaled_dot_product_attention(q, k, v)
+        torch.testing.assert_close(cache.attend(q, pos), want, rtol=1e-5, atol=1e-6)
