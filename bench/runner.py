@@ -27,7 +27,7 @@ from bench.config import BenchConfig, ConfigError, to_dict
 from bench.flops import count_flops, matmul_peak
 from bench.models import ModelStore
 from bench.quality import Scorer
-from bench.timing import calibration_workload, measure_interleaved, peak_memory
+from bench.timing import calibration_workload, measure_interleaved, op_breakdown, peak_memory
 from bench.variants import causal_baseline, check_choices, entries, replicate_config
 from methods import atomic, dist, faults
 from methods.base import Sampler, noise_for_seeds, to_uint8
@@ -290,6 +290,15 @@ def sampler_memory(
     }
 
 
+# Operator groups of the decode/forward breakdown (aten names, as torch.profiler reports them).
+OP_GROUPS = {
+    "linear layers": lambda name: name in ("aten::addmm", "aten::mm"),
+    "attention": lambda name: (
+        "attention" in name or name in ("aten::bmm", "aten::_softmax", "aten::masked_fill")
+    ),
+}
+
+
 def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
     """Fairness check of the causal baseline, measured in this run: one full causal decode
     against one parallel forward pass of the same flow, both at the throughput batch."""
@@ -306,6 +315,15 @@ def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
         fwd_flops = count_flops(lambda: flow(x[:2])) // 2
     dec_flops = count_flops(lambda: flow.reverse(z[:2])) // 2
     dec, fwd = t["decode"], t["forward"]
+    profiled = {}
+    if device.type == "cpu":  # the profiler's CPU self times; on a GPU they would be launches
+        with torch.no_grad():
+            profiled = {
+                "profile_ms": {
+                    "decode": op_breakdown(lambda: flow.reverse(z), OP_GROUPS),
+                    "forward": op_breakdown(lambda: flow(x), OP_GROUPS),
+                }
+            }
     return {
         "decode_flops_per_img": dec_flops,
         "forward_flops_per_img": fwd_flops,
@@ -317,6 +335,7 @@ def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
         "ratio": dec.median_ratio(fwd),
         "decode_spread": dec.spread,
         "forward_spread": fwd.spread,
+        **profiled,
     }
 
 

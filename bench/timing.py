@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from methods.base import synchronize
 
@@ -77,6 +78,27 @@ def measure_interleaved(
         name: Timing(statistics.median(t), min(t), max(t), repeats, tuple(t))
         for name, t in times.items()
     }
+
+
+def op_breakdown(fn: Callable[[], object], groups: dict[str, Callable[[str], bool]]) -> dict:
+    """Where the time of one CPU run of ``fn`` goes, in milliseconds, from torch.profiler.
+
+    Each operator's self time (its own, not its callees') goes to the first group whose test
+    accepts its name, else to "other operators"; "outside operators" is the wall time no
+    operator accounts for (Python, dispatch, the profiler's own cost); "profiled wall" is the
+    whole run, which the profiler slows down, so read the groups as shares of it.
+    """
+    out = dict.fromkeys([*groups, "other operators"], 0.0)
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    for event in prof.key_averages():
+        group = next((g for g, test in groups.items() if test(event.key)), "other operators")
+        out[group] += event.self_cpu_time_total / 1e3
+    out["outside operators"] = max(0.0, wall_ms - sum(out.values()))
+    out["profiled wall"] = wall_ms
+    return out
 
 
 def calibration_workload(device: torch.device) -> Callable[[], torch.Tensor]:

@@ -106,6 +106,14 @@ def test_run_folder_holds_every_output(runs):
         "timing sweep (samplers interleaved)",
         "peak memory",
     }
+    # The fairness check says where the decode's and the forward pass's time goes.
+    profiled = info["decode_vs_forward"]["profile_ms"]
+    for side in ("decode", "forward"):
+        p = profiled[side]
+        assert p["linear layers"] > 0 and p["attention"] > 0
+        parts = sum(v for k, v in p.items() if k != "profiled wall")
+        assert parts == pytest.approx(p["profiled wall"])
+    assert "| linear layers " in (first / "report.md").read_text()
 
 
 def test_counts_and_anchors(runs):

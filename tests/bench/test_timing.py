@@ -1,6 +1,9 @@
+import time
+
+import pytest
 import torch
 
-from bench.timing import measure, peak_memory
+from bench.timing import measure, op_breakdown, peak_memory
 
 CPU = torch.device("cpu")
 
@@ -21,3 +24,20 @@ def test_peak_memory_sees_a_large_temporary_allocation():
         del x
     assert big.kind == small.kind and big.kind.startswith("cpu")
     assert big.mb - small.mb > 200
+
+
+def test_op_breakdown_splits_the_wall_time_into_operator_groups_and_the_rest():
+    a = torch.randn(512, 512)
+
+    def work():
+        for _ in range(4):
+            a @ a  # aten::mm
+        torch.softmax(a, dim=-1)
+        time.sleep(0.05)  # no operator: Python's time
+
+    got = op_breakdown(work, {"products": lambda name: name == "aten::mm"})
+    assert list(got) == ["products", "other operators", "outside operators", "profiled wall"]
+    assert got["products"] > 0 and got["other operators"] > 0
+    assert got["outside operators"] >= 45  # the sleep
+    parts = got["products"] + got["other operators"] + got["outside operators"]
+    assert parts == pytest.approx(got["profiled wall"])
