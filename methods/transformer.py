@@ -52,8 +52,9 @@ class KVCache:
             k, v = self.kv[:, :, :, : pos + 1]
             filled = None
         # One query per sequence on CPU: SDPA's fused kernel sets up per (image, head), which
-        # adds up over many images. Measured on 2 cores over a whole decode, two batched matrix
-        # products and a softmax are ~7% faster at batch 256, as fast at 64, 5-10% slower at 1-16.
+        # adds up over many. Measured on 2 cores over a whole decode (4 heads), two batched
+        # matrix products and a softmax are ~7% faster at batch 256, as fast at 64 (256
+        # image-heads, where they take over) and 5-10% slower at 1-16.
         if q.device.type != "cpu" or q.shape[0] * q.shape[1] < 256:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=filled)
         scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (b, h, 1, t)

@@ -3,7 +3,8 @@ import time
 import pytest
 import torch
 
-from bench.timing import measure, op_breakdown, peak_memory
+from bench.timing import measure, op_breakdown, peak_memory, self_times_ms
+from methods.transformer import Layer
 
 CPU = torch.device("cpu")
 
@@ -41,3 +42,16 @@ def test_op_breakdown_splits_the_wall_time_into_operator_groups_and_the_rest():
     assert got["outside operators"] >= 45  # the sleep
     parts = got["products"] + got["other operators"] + got["outside operators"]
     assert parts == pytest.approx(got["profiled wall"])
+
+
+def test_self_times_equal_the_profilers_own_key_averages():
+    layer = Layer(32, 4, 4)  # nested operators: linear -> addmm, attention -> its kernel
+    x = torch.randn(8, 10, 32)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.no_grad():
+            layer(x, causal=True)
+    want = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+    got = self_times_ms(prof)
+    assert set(got) == set(want) and "aten::addmm" in got
+    for name, ms in want.items():
+        assert got[name] == pytest.approx(ms, abs=1e-3), name
