@@ -135,8 +135,13 @@ def self_times_ms(prof: profile) -> dict[str, float]:
 @contextmanager
 def _quiet_stderr() -> Iterator[None]:
     """File descriptor 2 pointed at /dev/null (native code's logging, which sys.stderr misses)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    if sys.stderr is not None:  # None when Python started without a file descriptor 2
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (closed): nothing to quiet
+        yield
+        return
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)

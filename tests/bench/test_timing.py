@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -55,3 +58,31 @@ def test_self_times_equal_the_profilers_own_key_averages():
     assert set(got) == set(want) and "aten::addmm" in got
     for name, ms in want.items():
         assert got[name] == pytest.approx(ms, abs=1e-3), name
+
+
+PROFILE_ONE_PRODUCT = """
+import torch
+from bench.timing import op_breakdown
+a = torch.ones(64, 64)
+got = op_breakdown(lambda: a @ a, {"mm": lambda n: n == "aten::mm"})
+print("mm", got["mm"] > 0)
+"""
+
+
+def test_op_breakdown_keeps_the_profilers_native_logging_off_the_console():
+    res = subprocess.run(
+        [sys.executable, "-c", PROFILE_ONE_PRODUCT], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "mm True", res.stderr[-2000:]
+    assert "profiler_start" not in res.stderr and "gpuGetDeviceCount" not in res.stderr
+
+
+def test_op_breakdown_runs_without_a_stderr_file_descriptor():
+    res = subprocess.run(
+        [sys.executable, "-c", PROFILE_ONE_PRODUCT],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "mm True"
