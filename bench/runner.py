@@ -305,25 +305,15 @@ def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
     b = cfg.eval.throughput_batch
     z = noise_for_seeds(range(b), (flow.tokens, flow.dim)).to(device)
     x = flow.reverse(z)
+    work = {"decode": lambda: flow.reverse(z), "forward": lambda: flow(x)}
     with torch.no_grad():
-        t = measure_interleaved(
-            {"decode": lambda: flow.reverse(z), "forward": lambda: flow(x)},
-            device,
-            cfg.eval.warmup,
-            cfg.eval.throughput_repeats,
-        )
+        t = measure_interleaved(work, device, cfg.eval.warmup, cfg.eval.throughput_repeats)
         fwd_flops = count_flops(lambda: flow(x[:2])) // 2
+        profiled = {}
+        if device.type == "cpu":  # the profiler's CPU self times; on a GPU they would be launches
+            profiled["profile_ms"] = {n: op_breakdown(fn, OP_GROUPS) for n, fn in work.items()}
     dec_flops = count_flops(lambda: flow.reverse(z[:2])) // 2
     dec, fwd = t["decode"], t["forward"]
-    profiled = {}
-    if device.type == "cpu":  # the profiler's CPU self times; on a GPU they would be launches
-        with torch.no_grad():
-            profiled = {
-                "profile_ms": {
-                    "decode": op_breakdown(lambda: flow.reverse(z), OP_GROUPS),
-                    "forward": op_breakdown(lambda: flow(x), OP_GROUPS),
-                }
-            }
     return {
         "decode_flops_per_img": dec_flops,
         "forward_flops_per_img": fwd_flops,
