@@ -11,12 +11,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from methods.base import DEFAULT_SAMPLING, Sampler, SamplingConfig
 from methods.registry import register
 from methods.training import Labels
-from methods.transformer import KVCache, Layer, patchify, unpatchify
+from methods.transformer import KVCache, Layer, layer_norm, patchify, unpatchify
 from methods.validate import FieldError, check
 
 
@@ -117,15 +118,16 @@ class CausalNet(nn.Module):
     ) -> torch.Tensor:
         """The same network on one token per sequence, x (b, D), attending to the caches. Kept
         as flat (b, width) rows: the decode runs it K x (T - 1) times, so every view counts."""
+        h = F.linear(x, self.proj_in.weight, self.proj_in.bias)
         if isinstance(pos, torch.Tensor):  # static shapes (compiled): the position as a tensor
-            h = self.proj_in(x) + self.pos.index_select(0, pos)
+            h = h + self.pos.index_select(0, pos)
         else:
-            h = self.proj_in(x) + self.pos[pos]
+            h = h + self.pos[pos]
         if self.classes:
             h = h + self.class_emb(self._labels(x, y))
         for layer, cache in zip(self.layers, caches, strict=True):
             h = layer.step(h, cache, pos)
-        return self.proj_out(self.norm(h))
+        return F.linear(layer_norm(self.norm, h), self.proj_out.weight, self.proj_out.bias)
 
     def _labels(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Class labels, or "no class" for every image (the unconditional model)."""
@@ -244,7 +246,7 @@ class FlowBlock(nn.Module):
                 a, b = self.params(x[:, t : t + 1], y, w, caches, pos)
             else:
                 a, b = self.params(x[:, : t + 1], y, w)
-            x[:, t + 1] = zp[:, t + 1] * torch.exp(a[:, -1]) + b[:, -1]
+            torch.addcmul(b[:, -1], zp[:, t + 1], torch.exp(a[:, -1]), out=x[:, t + 1])
         return self.order(x)
 
 

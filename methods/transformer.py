@@ -6,6 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# From this many (image, head) rows up, the CPU decoding step's attention is two batched matrix
+# products and a softmax, not SDPA. Measured on 2 cores, one layer's attention over a whole
+# 49-token decode (4 heads of 24): 23 ms against SDPA's 43 ms at 256 images, 7.5 against 8.6 at
+# 64, and 5-40% slower at 1 to 16 images.
+MATMUL_MIN_ROWS = 256
+# torch.bmm on CPU hands a product to BLAS from this many multiply-adds (ATen's
+# bmm_out_or_baddbmm_: contraction x rows x cols < 400 takes a naive loop).
+BLAS_MIN_MACS = 400
+
 
 class KVCache:
     """Keys/values of one attention layer: decoding writes one position a step.
@@ -33,7 +42,22 @@ class KVCache:
             dtype = torch.get_autocast_dtype(like.device.type)
         alloc = torch.zeros if static else torch.empty
         self.kv = alloc(shape, dtype=dtype, device=like.device)
+        # The same memory as (2, batch * heads, tokens, head_dim): batched matrix products.
+        self.rows = self.kv.view(2, batch * heads, tokens, head_dim)
         self.static = static
+        # One query per sequence on CPU: SDPA's fused kernel sets up per (image, head), which
+        # adds up over many; two batched matrix products and a softmax do not. On GPUs SDPA.
+        self.matmul = like.device.type == "cpu" and batch * heads >= MATMUL_MIN_ROWS
+        # PyTorch's CPU bmm runs products of under 400 multiply-adds (contraction x rows x
+        # cols) as a plain loop, not through BLAS: one query against fewer than 400 / head_dim
+        # keys (16 at head_dim 24). Measured at 1024 (image, head) rows, 16 keys took ~2x as
+        # long as 17. So early steps attend over at least ``min_keys`` positions, the ones not
+        # yet written zero and masked out (softmax weight exactly 0).
+        self.min_keys = min(tokens, -(-BLAS_MIN_MACS // head_dim))
+        if self.matmul and not static:
+            self.kv[:, :, :, : self.min_keys].zero_()
+        # Additive masks: row p is 0 over the positions <= p, -inf after them.
+        self.mask = torch.full((tokens, tokens), float("-inf"), device=like.device).triu(1)
 
     def write(self, pos: int | torch.Tensor, kv: torch.Tensor) -> None:
         """Store one position's keys and values, ``kv`` (b, 2, h, d)."""
@@ -44,23 +68,24 @@ class KVCache:
             self.kv[:, :, :, pos] = kv
 
     def attend(self, q: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
-        """One query per sequence, ``q`` (b, h, 1, d), over the cached positions <= pos."""
-        if self.static:
-            k, v = self.kv
-            filled = (torch.arange(k.shape[2], device=q.device) <= pos)[None]  # (1, t)
+        """One query per sequence, ``q`` (b, h, d), over the cached positions <= pos: (b, h, d).
+
+        Unscaled queries (the attention scales them by head_dim ** -0.5)."""
+        b, h, d = q.shape
+        if self.static:  # every position, the unwritten ones masked out
+            n, mask = self.kv.shape[3], self.mask.index_select(0, pos)  # (1, t)
+        elif self.matmul:
+            n = max(pos + 1, self.min_keys)
+            mask = self.mask[pos : pos + 1, :n]
         else:
-            k, v = self.kv[:, :, :, : pos + 1]
-            filled = None
-        # One query per sequence on CPU: SDPA's fused kernel sets up per (image, head), which
-        # adds up over many. Measured on 2 cores over a whole decode (4 heads), two batched
-        # matrix products and a softmax are ~7% faster at batch 256, as fast at 64 (256
-        # image-heads, where they take over) and 5-10% slower at 1-16.
-        if q.device.type != "cpu" or q.shape[0] * q.shape[1] < 256:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=filled)
-        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (b, h, 1, t)
-        if filled is not None:
-            scores = scores.masked_fill(~filled, float("-inf"))
-        return torch.softmax(scores, dim=-1) @ v
+            n, mask = pos + 1, None
+        if not self.matmul:
+            k, v = self.kv[:, :, :, :n]
+            return F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask)[:, :, 0]
+        k, v = self.rows[:, :, :n]  # (b * h, n, d)
+        q = q.reshape(b * h, 1, d)
+        scores = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=d**-0.5)  # (b * h, 1, n)
+        return torch.bmm(torch.softmax(scores, dim=-1), v).view(b, h, d)
 
 
 class Attention(nn.Module):
@@ -82,10 +107,10 @@ class Attention(nn.Module):
         """Decoding: one new token per sequence, ``x`` (b, w) at position ``pos``, attends to
         itself and every cached one before it."""
         b, w = x.shape
-        qkv = self.qkv(x).view(b, 3, self.heads, w // self.heads)
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(b, 3, self.heads, w // self.heads)
         cache.write(pos, qkv[:, 1:])
-        out = cache.attend(qkv[:, 0, :, None], pos)  # (b, h, 1, d): contiguous, so a view
-        return self.proj(out.view(b, w))
+        out = cache.attend(qkv[:, 0], pos)  # (b, h, d), contiguous
+        return F.linear(out.view(b, w), self.proj.weight, self.proj.bias)
 
 
 class Layer(nn.Module):
@@ -105,9 +130,18 @@ class Layer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def step(self, x: torch.Tensor, cache: KVCache, pos: int | torch.Tensor) -> torch.Tensor:
-        """The same layer for one token per sequence, ``x`` (b, w), with a key/value cache."""
-        x = x + self.attn.step(self.norm1(x), cache, pos)
-        return x + self.mlp(self.norm2(x))
+        """The same layer for one token per sequence, ``x`` (b, w), with a key/value cache.
+        Functional calls on the layer's own weights: a decode runs this K x (T - 1) x depth
+        times, and a module call costs as much as a small operator."""
+        x = x + self.attn.step(layer_norm(self.norm1, x), cache, pos)
+        fc1, _, fc2 = self.mlp
+        h = F.gelu(F.linear(layer_norm(self.norm2, x), fc1.weight, fc1.bias))
+        return x + F.linear(h, fc2.weight, fc2.bias)
+
+
+def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` without the module call."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
