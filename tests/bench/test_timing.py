@@ -86,3 +86,23 @@ def test_op_breakdown_runs_without_a_stderr_file_descriptor():
         preexec_fn=lambda: os.close(2),
     )
     assert res.returncode == 0 and res.stdout.strip() == "mm True"
+
+
+@pytest.mark.parametrize("pos", [3, 19])  # padded to 17 keys (BLAS's minimum), and not
+def test_the_reports_attention_group_holds_every_product_of_the_cached_attention(pos):
+    """The decode/forward breakdown files the one-query attention's matrix products and softmax
+    under "attention", whichever form the cache computes them in (here the CPU matmul form:
+    64 images x 4 heads), not under "other operators"."""
+    from bench.runner import OP_GROUPS
+    from methods.transformer import KVCache
+
+    cache = KVCache(64, 4, 20, 24, torch.empty(0))
+    assert cache.matmul
+    for p in range(pos + 1):
+        cache.write(p, torch.randn(64, 2, 4, 24))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        cache.attend(torch.randn(64, 4, 24), pos)
+    names = list(self_times_ms(prof))
+    compute = [n for n in names if "mm" in n or "softmax" in n or "attention" in n]
+    assert compute, names
+    assert [n for n in compute if not OP_GROUPS["attention"](n)] == []
