@@ -56,8 +56,10 @@ class KVCache:
         self.min_keys = min(tokens, -(-BLAS_MIN_MACS // head_dim))
         if self.matmul and not static:
             self.kv[:, :, :, : self.min_keys].zero_()
-        # Additive masks: row p is 0 over the positions <= p, -inf after them.
-        self.mask = torch.full((tokens, tokens), float("-inf"), device=like.device).triu(1)
+        # Additive masks: row p is 0 over the positions <= p, -inf after them. In the keys'
+        # dtype: SDPA wants a float mask of the query's.
+        inf = torch.full((tokens, tokens), float("-inf"), dtype=dtype, device=like.device)
+        self.mask = inf.triu(1)
 
     def write(self, pos: int | torch.Tensor, kv: torch.Tensor) -> None:
         """Store one position's keys and values, ``kv`` (b, 2, h, d)."""
