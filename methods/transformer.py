@@ -57,7 +57,7 @@ class KVCache:
         if self.matmul and not static:
             self.kv[:, :, :, : self.min_keys].zero_()
         # Additive masks: row p is 0 over the positions <= p, -inf after them. In the keys'
-        # dtype: SDPA wants a float mask of the query's.
+        # dtype, which baddbmm requires of its added term.
         inf = torch.full((tokens, tokens), float("-inf"), dtype=dtype, device=like.device)
         self.mask = inf.triu(1)
 
