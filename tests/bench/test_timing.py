@@ -6,8 +6,9 @@ import time
 import pytest
 import torch
 
+from bench.runner import OP_GROUPS
 from bench.timing import measure, op_breakdown, peak_memory, self_times_ms
-from methods.transformer import Layer
+from methods.transformer import KVCache, Layer
 
 CPU = torch.device("cpu")
 
@@ -93,9 +94,6 @@ def test_the_reports_attention_group_holds_every_product_of_the_cached_attention
     """The decode/forward breakdown files the one-query attention's matrix products and softmax
     under "attention", whichever form the cache computes them in (here the CPU matmul form:
     64 images x 4 heads), not under "other operators"."""
-    from bench.runner import OP_GROUPS
-    from methods.transformer import KVCache
-
     cache = KVCache(64, 4, 20, 24, torch.empty(0))
     assert cache.matmul
     for p in range(pos + 1):
