@@ -180,7 +180,8 @@ def render(run_dir: Path, links: str = "") -> str:
             f"spreads {dvf['decode_spread']:.0%} and {dvf['forward_spread']:.0%}). With the "
             f"key/value cache both do the same arithmetic; the ratio is the price of doing it one "
             f"token at a time: every step multiplies {dvf['batch']}-row matrices and re-reads "
-            f"the cached keys and values.",
+            f"the cached keys and values."
+            + (f" The decode attended with {dvf['attention']}." if "attention" in dvf else ""),
             "",
             *_breakdown(dvf.get("profile_ms")),
         ]

@@ -29,10 +29,11 @@ from bench.models import ModelStore
 from bench.quality import Scorer
 from bench.timing import calibration_workload, measure_interleaved, op_breakdown, peak_memory
 from bench.variants import causal_baseline, check_choices, entries, replicate_config
-from methods import atomic, dist, faults
+from methods import atomic, dist, faults, native
 from methods.base import Sampler, noise_for_seeds, to_uint8
 from methods.biflow import inversion_error
 from methods.tarflow import bits_per_dim
+from methods.transformer import native_problem
 
 CALIBRATION = "calibration workload"
 
@@ -108,6 +109,7 @@ def environment(device: torch.device) -> dict:
         "world_size": dist.world(),  # processes under torchrun; 1 for a plain run
         "dist_backend": torch.distributed.get_backend() if dist.active() else "n/a",
         "python": sys.version.split()[0],
+        "native_decode_kernel": native.decode_attention().description,
         "platform": platform.platform(),
         **{f"{p}_version": version(p) for p in ("torch", "torchvision", "torch-fidelity")},
         "git_commit": git("rev-parse", "HEAD"),
@@ -301,28 +303,40 @@ OP_GROUPS = {
 }
 
 
+def decode_attention_form(flow, device: torch.device, kernel: str) -> str:
+    """How the cached decode of ``flow`` attends (float32, the growing cache), in words."""
+    if kernel == "torch":
+        return "torch operators (sampling.decode_kernel: torch)"
+    head_dim = flow.cfg.width // flow.cfg.heads
+    if problem := native_problem(device, torch.float32, head_dim, static=False):
+        return f"torch operators (no native kernel: {problem})"
+    return f"the native C kernel ({native.decode_attention().description})"
+
+
 def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
     """Fairness check of the causal baseline, measured in this run: one full causal decode
     against one parallel forward pass of the same flow, both at the throughput batch."""
     b = cfg.eval.throughput_batch
+    kernel = cfg.sampling.decode_kernel
     z = noise_for_seeds(range(b), (flow.tokens, flow.dim)).to(device)
-    x = flow.reverse(z)
-    work = {"decode": lambda: flow.reverse(z), "forward": lambda: flow(x)}
+    x = flow.reverse(z, kernel=kernel)
+    work = {"decode": lambda: flow.reverse(z, kernel=kernel), "forward": lambda: flow(x)}
     with torch.no_grad():
         t = measure_interleaved(work, device, cfg.eval.warmup, cfg.eval.throughput_repeats)
         fwd_flops = count_flops(lambda: flow(x[:2])) // 2
         profiled = {}
         if device.type == "cpu":  # the profiler's CPU self times; on a GPU they would be launches
             profiled["profile_ms"] = {n: op_breakdown(fn, OP_GROUPS) for n, fn in work.items()}
-    # Counted at batch 2, where the cache's attention covers exactly the filled positions. At
-    # the throughput batch its CPU form pads the first steps to 400 / head_dim keys for BLAS
-    # (see KVCache): ~0.5% more attention FLOPs in the default, not counted.
-    dec_flops = count_flops(lambda: flow.reverse(z[:2])) // 2
+    # Counted at batch 2 with torch operators (under the FLOP counter a native cache attends
+    # with them: the same arithmetic). The torch form's CPU matrix products would pad the first
+    # steps to 400 / head_dim keys for BLAS at the throughput batch (see KVCache), not counted.
+    dec_flops = count_flops(lambda: flow.reverse(z[:2], kernel=kernel)) // 2
     dec, fwd = t["decode"], t["forward"]
     return {
         "decode_flops_per_img": dec_flops,
         "forward_flops_per_img": fwd_flops,
         "batch": b,
+        "attention": decode_attention_form(flow, device, kernel),
         "decode_s": dec.median_s,
         "forward_s": fwd.median_s,
         # Median of the per-repeat ratios: each decode ran moments before its forward pass

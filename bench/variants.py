@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import torch
+
 from bench.config import BenchConfig, variant_config
 
 
@@ -55,14 +57,22 @@ def entries(cfg: BenchConfig) -> list[Entry]:
 def check_choices(todo: list[Entry]) -> None:
     """Sampling choices the entry's models could not honour, refused before any training."""
     from bench.config import ConfigError
+    from bench.runner import resolve_device
     from methods import get
     from methods.tarflow import guidance_error
+    from methods.transformer import native_problem
 
     for e in todo:
         c = e.cfg
         gmax = c.biflow.guidance_max if "reverse" in get(e.method).needs else None
         if problem := guidance_error(c.sampling.guidance, c.tarflow.num_classes, gmax):
             raise ConfigError(f"{e.key}: {problem}")
+        if c.sampling.decode_kernel == "native" and "flow" in get(e.method).needs:
+            dtype = torch.bfloat16 if c.sampling.precision == "bf16" else torch.float32
+            head_dim = c.tarflow.width // c.tarflow.heads
+            device = resolve_device(c.device)
+            if problem := native_problem(device, dtype, head_dim, c.sampling.compile):
+                raise ConfigError(f"{e.key}: sampling.decode_kernel: native cannot run: {problem}")
 
 
 def causal_baseline(e: Entry, todo: list[Entry]) -> str:

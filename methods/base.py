@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from methods.transformer import KERNELS
 from methods.validate import FieldError, check
 
 
@@ -23,6 +24,9 @@ class SamplingConfig:
     kv_cache: bool = True  # causal decoding with a key/value cache; off: recompute the prefix
     precision: str = "fp32"  # fp32, or bf16 (torch.autocast around every sampling call)
     compile: bool = False  # torch.compile each sampler's networks (the causal decoding step)
+    # How the cached decoding step attends: auto (the native C kernel on the CPU in float32,
+    # else torch), native (that kernel or an error), torch (torch operators only)
+    decode_kernel: str = "auto"
     cuda_graphs: bool = False  # with compile, on CUDA: mode="reduce-overhead" (CUDA graphs)
     guidance: float = 0.0  # classifier-free guidance scale w (class-conditional models); 0 = off
     jacobi_tol: float = 1e-3  # tarflow_jacobi: stop a block when no value changes more than this
@@ -33,6 +37,7 @@ class SamplingConfig:
         check(
             self,
             precision=("fp32", "bf16"),
+            decode_kernel=KERNELS,
             guidance=(0, None),
             jacobi_tol=(0, None),
             jacobi_max_iters=(0, None),

@@ -37,5 +37,5 @@ class ScoreDenoiseSampler(TarFlowSampler):
         return {**super().factors(), "denoise": "score"}
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.flow.reverse(z, self.cached, self.static, y, self.guidance)
+        x = self.flow.reverse(z, self.cached, self.static, y, self.guidance, self.kernel)
         return tweedie_step(self.flow, x, self.flow.cfg.noise_std, y, self.guidance)

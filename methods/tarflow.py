@@ -223,11 +223,13 @@ class FlowBlock(nn.Module):
         static: bool = False,
         y: torch.Tensor | None = None,
         w: float = 0.0,
+        kernel: str = "auto",
     ) -> torch.Tensor:
         """Exact inverse, one token at a time: x_{t+1} = z_{t+1} exp(a_{t+1}) + b_{t+1}.
 
         ``static``: every step has the same shapes (a full-length masked cache, the position
-        as a tensor), which a compiled network needs to be compiled once, not once a step."""
+        as a tensor), which a compiled network needs to be compiled once, not once a step.
+        ``kernel``: how the cached step attends (see KVCache: auto, native or torch)."""
         zp = self.order(z)
         n, t_total, _ = zp.shape
         x = torch.empty_like(zp)
@@ -237,7 +239,8 @@ class FlowBlock(nn.Module):
             hd = self.cfg.width // self.cfg.heads
             rows = 2 * n if is_guided(y, w) else n  # guidance: conditional and "no class" rows
             caches = [
-                KVCache(rows, self.cfg.heads, t_total, hd, zp, static) for _ in self.net.layers
+                KVCache(rows, self.cfg.heads, t_total, hd, zp, static, kernel)
+                for _ in self.net.layers
             ]
         positions = torch.arange(t_total, device=z.device)
         for t in range(t_total - 1):
@@ -307,11 +310,12 @@ class TarFlow(nn.Module):
         static: bool = False,
         y: torch.Tensor | None = None,
         w: float = 0.0,
+        kernel: str = "auto",
     ) -> torch.Tensor:
         """Noise tokens z (b, T, D) -> image (b, C, H, W) by exact causal decoding (guided when
         labels ``y`` and a scale ``w`` > 0 are given)."""
         for block in reversed(self.blocks):
-            z = block.reverse(z, cached=cached, static=static, y=y, w=w)
+            z = block.reverse(z, cached=cached, static=static, y=y, w=w, kernel=kernel)
         return self.to_image(z)
 
     def log_prob(
@@ -389,6 +393,7 @@ class TarFlowSampler(Sampler):
         # A compiled decoding step needs the same shapes every step: see KVCache. (compile
         # implies kv_cache: SamplingConfig refuses one without the other.)
         self.static = sampling.compile
+        self.kernel = sampling.decode_kernel
         self.guidance = sampling.guidance
         if problem := guidance_error(self.guidance, flow.cfg.num_classes):
             raise ValueError(problem)
@@ -427,4 +432,4 @@ class TarFlowSampler(Sampler):
         }
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.flow.reverse(z, self.cached, self.static, y, self.guidance)
+        return self.flow.reverse(z, self.cached, self.static, y, self.guidance, self.kernel)

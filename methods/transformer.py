@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods import native
+
 # From this many (image, head) rows up, the CPU decoding step's attention is two batched matrix
 # products and a softmax, not SDPA. Measured on 2 cores, one layer's attention over a whole
 # 49-token decode (4 heads of 24): 23 ms against SDPA's 43 ms at 256 images, 7.5 against 8.6 at
@@ -14,16 +16,52 @@ MATMUL_MIN_ROWS = 256
 # torch.bmm on CPU hands a product to BLAS from this many multiply-adds (ATen's
 # bmm_out_or_baddbmm_: contraction x rows x cols < 400 takes a naive loop).
 BLAS_MIN_MACS = 400
+# How the decoding step attends (KVCache): the native C kernel where it applies ("auto"), always
+# ("native": an error where it cannot), or never ("torch").
+KERNELS = ("auto", "native", "torch")
+
+
+def native_problem(device: torch.device, dtype: torch.dtype, head_dim: int, static: bool) -> str:
+    """Why the native decoding kernel cannot serve a cache ("" when it can)."""
+    if device.type != "cpu":
+        return f"it runs on the CPU (device: {device})"
+    if dtype != torch.float32:
+        return f"it computes in float32 (the cache holds {dtype})"
+    if head_dim % 8:
+        return f"it needs a head size divisible by 8 (got {head_dim})"
+    if static:
+        return "compiled decoding (sampling.compile) keeps the static torch cache"
+    kernel = native.decode_attention()
+    return "" if kernel.lib is not None else f"not built: {kernel.description}"
+
+
+def _dispatch_mode_active() -> bool:
+    """A TorchDispatchMode (FlopCounterMode, ...) sees only torch operators."""
+    return torch._C._len_torch_dispatch_stack() > 0
+
+
+def _profiling() -> bool:
+    """torch.profiler is recording (its C++ state, which ``start()`` and ``with`` both set)."""
+    return torch._C._autograd._profiler_enabled()
 
 
 class KVCache:
     """Keys/values of one attention layer: decoding writes one position a step.
 
-    Stored together, ``kv`` is (2, b, h, t, d): one copy writes a step's key and value. The
-    default cache attends to the ``pos + 1`` filled positions, so each step's shapes grow. A
-    ``static`` cache keeps every shape fixed for torch.compile (and CUDA graphs): the step's
-    position is a tensor, keys/values are written with ``index_copy_`` and the query attends to
-    the full length with the unfilled positions masked out (zero-initialised, weight exactly 0).
+    :meth:`step` stores a step's keys and values and attends with its queries, in one of three
+    forms:
+
+    - native (CPU, float32, head_dim a multiple of 8; ``kernel`` "auto" or "native"): one C
+      kernel call, ``csrc/decode_attention.c``, over a time-major cache ``kv`` (2, t, b * h, d);
+    - the default torch form: ``kv`` (2, b, h, t, d), stored together so that one copy writes a
+      step's key and value; it attends to the ``pos + 1`` filled positions, so each step's
+      shapes grow;
+    - ``static`` (torch.compile, CUDA graphs): every shape fixed. The step's position is a
+      tensor, keys/values are written with ``index_copy_`` and the query attends to the full
+      length with the unfilled positions masked out (zero-initialised, weight exactly 0).
+
+    Under a dispatch mode (FLOP counting), or for queries that need gradients, the native cache
+    attends with torch operators: the same arithmetic, which those tools see.
     """
 
     def __init__(
@@ -34,17 +72,29 @@ class KVCache:
         head_dim: int,
         like: torch.Tensor,
         static: bool = False,
+        kernel: str = "auto",
     ) -> None:
-        shape = (2, batch, heads, tokens, head_dim)
+        if kernel not in KERNELS:
+            raise ValueError(f"decode kernel: got {kernel!r}; allowed: {', '.join(KERNELS)}")
         # Keys come out of a Linear: under autocast in its lower precision, else like's dtype.
         dtype = like.dtype
         if torch.is_autocast_enabled(like.device.type):
             dtype = torch.get_autocast_dtype(like.device.type)
+        self.static = static
+        self.native = False
+        if kernel != "torch":
+            problem = native_problem(like.device, dtype, head_dim, static)
+            if problem and kernel == "native":
+                raise ValueError(f"decode kernel 'native' cannot run here: {problem}")
+            self.native = not problem
+        if self.native:
+            self.kv = torch.empty(2, tokens, batch * heads, head_dim)
+            return
+        shape = (2, batch, heads, tokens, head_dim)
         alloc = torch.zeros if static else torch.empty
         self.kv = alloc(shape, dtype=dtype, device=like.device)
         # The same memory as (2, batch * heads, tokens, head_dim): batched matrix products.
         self.rows = self.kv.view(2, batch * heads, tokens, head_dim)
-        self.static = static
         # One query per sequence on CPU: SDPA's fused kernel sets up per (image, head), which
         # adds up over many; two batched matrix products and a softmax do not. On GPUs SDPA.
         self.matmul = like.device.type == "cpu" and batch * heads >= MATMUL_MIN_ROWS
@@ -61,8 +111,28 @@ class KVCache:
         inf = torch.full((tokens, tokens), float("-inf"), dtype=dtype, device=like.device)
         self.mask = inf.triu(1)
 
+    def step(self, qkv: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
+        """Store one position's keys and values and attend with its queries: ``qkv``
+        (b, 3, h, d), unscaled queries then keys then values, to the output (b, h, d)."""
+        if not self.native:
+            self.write(pos, qkv[:, 1:])
+            return self.attend(qkv[:, 0], pos)
+        b, _, h, d = qkv.shape
+        if _dispatch_mode_active() or (qkv.requires_grad and torch.is_grad_enabled()):
+            kv = self.kv.view(2, -1, b, h, d)
+            kv[:, pos] = qkv[:, 1:].transpose(0, 1)
+            k, v = kv[:, : pos + 1].permute(0, 2, 3, 1, 4)  # (b, h, pos + 1, d)
+            return F.scaled_dot_product_attention(qkv[:, 0, :, None], k, v)[:, :, 0]
+        out = qkv.new_empty(b, h, d)
+        if _profiling():  # named in the profile (a record_function costs ~15 us even when off)
+            with torch.profiler.record_function("flowbench::decode_attention"):
+                native.attention_step(qkv, self.kv, out, pos, d**-0.5)
+        else:
+            native.attention_step(qkv, self.kv, out, pos, d**-0.5)
+        return out
+
     def write(self, pos: int | torch.Tensor, kv: torch.Tensor) -> None:
-        """Store one position's keys and values, ``kv`` (b, 2, h, d)."""
+        """Store one position's keys and values, ``kv`` (b, 2, h, d) (torch forms)."""
         kv = kv.transpose(0, 1)  # (2, b, h, d)
         if self.static:
             self.kv.index_copy_(3, pos, kv.unsqueeze(3))
@@ -70,7 +140,8 @@ class KVCache:
             self.kv[:, :, :, pos] = kv
 
     def attend(self, q: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
-        """One query per sequence, ``q`` (b, h, d), over the cached positions <= pos: (b, h, d).
+        """One query per sequence, ``q`` (b, h, d), over the cached positions <= pos: (b, h, d)
+        (torch forms).
 
         Unscaled queries (the attention scales them by head_dim ** -0.5)."""
         b, h, d = q.shape
@@ -110,8 +181,7 @@ class Attention(nn.Module):
         itself and every cached one before it."""
         b, w = x.shape
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(b, 3, self.heads, w // self.heads)
-        cache.write(pos, qkv[:, 1:])
-        out = cache.attend(qkv[:, 0], pos)  # (b, h, d), contiguous
+        out = cache.step(qkv, pos)  # (b, h, d), contiguous
         return F.linear(out.view(b, w), self.proj.weight, self.proj.bias)
 
 

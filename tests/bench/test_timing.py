@@ -8,6 +8,7 @@ import torch
 
 from bench.runner import OP_GROUPS
 from bench.timing import measure, op_breakdown, peak_memory, self_times_ms
+from methods import native
 from methods.transformer import KVCache, Layer
 
 CPU = torch.device("cpu")
@@ -90,16 +91,20 @@ def test_op_breakdown_runs_without_a_stderr_file_descriptor():
 
 
 @pytest.mark.parametrize("pos", [3, 19])  # padded to 17 keys (BLAS's minimum), and not
-def test_the_reports_attention_group_holds_every_product_of_the_cached_attention(pos):
+@pytest.mark.parametrize("kernel", ["torch", "native"])
+def test_the_reports_attention_group_holds_every_product_of_the_cached_attention(pos, kernel):
     """The decode/forward breakdown files the one-query attention's matrix products and softmax
-    under "attention", whichever form the cache computes them in (here the CPU matmul form:
-    64 images x 4 heads), not under "other operators"."""
-    cache = KVCache(64, 4, 20, 24, torch.empty(0))
-    assert cache.matmul
-    for p in range(pos + 1):
-        cache.write(p, torch.randn(64, 2, 4, 24))
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        cache.attend(torch.randn(64, 4, 24), pos)
+    under "attention", whichever form the cache computes them in (64 images x 4 heads: the
+    torch form's matrix products, or the native kernel), not under "other operators"."""
+    if kernel == "native" and native.decode_attention().lib is None:
+        pytest.skip(native.decode_attention().description)
+    cache = KVCache(64, 4, 20, 24, torch.empty(0), kernel=kernel)
+    assert cache.native or cache.matmul
+    with torch.no_grad():
+        for p in range(pos):
+            cache.step(torch.randn(64, 3, 4, 24), p)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            cache.step(torch.randn(64, 3, 4, 24), pos)
     names = list(self_times_ms(prof))
     compute = [n for n in names if "mm" in n or "softmax" in n or "attention" in n]
     assert compute, names

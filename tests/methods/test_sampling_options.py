@@ -1,6 +1,8 @@
 """The sampling switches of issue 6: static-shape decoding, torch.compile, bf16 autocast, and the
 GPU-only switches on a machine without CUDA."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -80,3 +82,15 @@ def test_bad_sampling_switches_are_refused_by_name():
         SamplingConfig(cuda_graphs=True)
     with pytest.raises(FieldError, match="compile: got True; allowed: true only with sampling.kv"):
         SamplingConfig(compile=True, kv_cache=False)
+    with pytest.raises(FieldError, match="decode_kernel: got 'fast'; allowed: one of 'auto', "):
+        SamplingConfig(decode_kernel="fast")
+
+
+def test_a_native_decode_kernel_that_cannot_run_is_refused_before_any_training():
+    from bench.config import ConfigError, load_config
+    from bench.variants import check_choices, entries
+
+    smoke = Path(__file__).parents[2] / "configs" / "smoke.yaml"
+    cfg = load_config(smoke, ["sampling.decode_kernel=native", "sampling.precision=bf16"])
+    with pytest.raises(ConfigError, match="decode_kernel: native cannot run: it computes in float"):
+        check_choices(entries(cfg))

@@ -1,4 +1,5 @@
-"""The key/value cache's one-query attention against SDPA over the same keys and values."""
+"""The key/value cache's torch forms of one-query attention against SDPA over the same keys and
+values (the native form: test_native.py)."""
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ def test_cached_attention_equals_sdpa_over_the_filled_positions(batch, static, t
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=0.02, atol=0.02)
     g = torch.Generator().manual_seed(0)
     kv = torch.randn(tokens, batch, 2, heads, d, generator=g).to(dtype)  # what each step writes
-    cache = KVCache(batch, heads, tokens, d, kv, static)
+    cache = KVCache(batch, heads, tokens, d, kv, static, kernel="torch")
     for t in range(tokens):
         pos = torch.tensor([t]) if static else t
         cache.write(pos, kv[t])

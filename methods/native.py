@@ -1,0 +1,146 @@
+"""Native CPU kernels: the C sources under ``methods/csrc``, compiled on first use with the
+machine's C compiler and loaded with ctypes. No build step at install time and no torch headers:
+one file of C compiles in well under a second.
+
+The library is cached under ``$FLOWBENCH_KERNEL_CACHE`` (default ``~/.cache/flowbench/kernels``),
+named by a hash of the source, the compiler's version, the flags and the CPU's feature flags
+(the build targets this CPU: ``-march=native``). Without a working compiler, or with
+``FLOWBENCH_NATIVE=0`` in the environment, nothing is built and the callers use their torch
+path; :func:`decode_attention` says which happened and why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CSRC = Path(__file__).parent / "csrc"
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A loaded native library, or (``lib`` None) why there is none."""
+
+    lib: ctypes.CDLL | None
+    description: str  # how it was built, or why it was not
+
+
+def cache_dir() -> Path:
+    if env := os.environ.get("FLOWBENCH_KERNEL_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "flowbench" / "kernels"
+
+
+def compiler() -> str | None:
+    """``$CC``, else the compiler Python was built with, else ``cc``: the first on PATH."""
+    for cc in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc"):
+        if cc and (path := shutil.which(cc.split()[0])):
+            return path
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _torch_openmp() -> bool:
+    """Whether an OpenMP build of a kernel would share torch's threads: torch runs on OpenMP
+    and has loaded libgomp.so.1 (Linux), which a ``-fopenmp`` library then binds to by soname
+    instead of loading a second runtime whose threads would compete with torch's."""
+    if sys.platform != "linux" or not torch.backends.openmp.is_available():
+        return False
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return "/libgomp.so.1\n" in maps
+
+
+def build(name: str, cc: str | None = None, out_dir: Path | None = None) -> Kernel:
+    """Compile (or find in the cache) ``csrc/<name>.c`` and load it."""
+    cc = cc or compiler()
+    if cc is None:
+        return Kernel(None, "no C compiler found ($CC, cc)")
+    source = (CSRC / f"{name}.c").read_bytes()
+    try:
+        version = subprocess.run(
+            [cc, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout.splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired, IndexError) as e:
+        return Kernel(None, f"{cc} --version failed ({e})")
+    attempts = [("-fopenmp",), ()] if _torch_openmp() else [()]
+    errors = []
+    for extra in attempts:
+        flags = (*FLAGS, *extra)
+        key = hashlib.sha256(
+            b"\0".join([source, version.encode(), " ".join(flags).encode(), _cpu_flags().encode()])
+        ).hexdigest()[:16]
+        path = (out_dir or cache_dir()) / f"{name}-{key}.so"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                src, lib = Path(tmp) / f"{name}.c", Path(tmp) / path.name
+                src.write_bytes(source)
+                res = subprocess.run(
+                    [cc, *flags, str(src), "-o", str(lib), "-lm"],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+                if res.returncode != 0:
+                    last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+                    errors.append(f"{' '.join(extra) or 'serial'}: {last}")
+                    continue
+                os.replace(lib, path)  # atomic: a concurrent process sees all of it or none
+        threads = "OpenMP on torch's threads" if extra else "one thread"
+        return Kernel(ctypes.CDLL(str(path)), f"{version}, {' '.join(FLAGS[:2])}, {threads}")
+    return Kernel(None, f"{cc} failed: " + "; ".join(errors))
+
+
+@functools.cache
+def decode_attention() -> Kernel:
+    """The causal-decoding attention step (``csrc/decode_attention.c``), built on first use."""
+    if os.environ.get("FLOWBENCH_NATIVE", "1") == "0":
+        return Kernel(None, "disabled by FLOWBENCH_NATIVE=0")
+    kernel = build("decode_attention")
+    if kernel.lib is not None:
+        fn = kernel.lib.flowbench_decode_attention
+        fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5 + [ctypes.c_float]
+        fn.restype = ctypes.c_int
+    return kernel
+
+
+def attention_step(
+    qkv: torch.Tensor, cache: torch.Tensor, out: torch.Tensor, pos: int, scale: float
+) -> None:
+    """Store this step's keys and values at ``pos`` and attend: see ``csrc/decode_attention.c``.
+
+    qkv (b, 3, h, d) contiguous; cache (2, T, b * h, d); out (b, h, d); all float32 on the CPU.
+    """
+    b, _, h, d = qkv.shape
+    fn = decode_attention().lib.flowbench_decode_attention
+    rc = fn(qkv.data_ptr(), cache.data_ptr(), out.data_ptr(), b, h, cache.shape[1], d, pos, scale)
+    if rc == -1:
+        raise MemoryError("decode attention: could not allocate its scratch memory")
+    if rc != 0:
+        raise ValueError(f"decode attention: bad shape (qkv {tuple(qkv.shape)}, pos {pos})")
