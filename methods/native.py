@@ -77,44 +77,46 @@ def _torch_openmp() -> bool:
 
 
 def build(name: str, cc: str | None = None, out_dir: Path | None = None) -> Kernel:
-    """Compile (or find in the cache) ``csrc/<name>.c`` and load it."""
+    """Compile (or find in the cache) ``csrc/<name>.c`` and load it; on any failure, a Kernel
+    without a library that says what failed."""
     cc = cc or compiler()
     if cc is None:
         return Kernel(None, "no C compiler found ($CC, cc)")
     source = (CSRC / f"{name}.c").read_bytes()
     try:
-        version = subprocess.run(
-            [cc, "--version"], capture_output=True, text=True, timeout=30
-        ).stdout.splitlines()[0]
-    except (OSError, subprocess.TimeoutExpired, IndexError) as e:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        version = (out.stdout.strip().splitlines() or [cc])[0]
+    except (OSError, subprocess.TimeoutExpired) as e:
         return Kernel(None, f"{cc} --version failed ({e})")
-    attempts = [("-fopenmp",), ()] if _torch_openmp() else [()]
     errors = []
-    for extra in attempts:
+    for extra in [("-fopenmp",), ()] if _torch_openmp() else [()]:
         flags = (*FLAGS, *extra)
         key = hashlib.sha256(
             b"\0".join([source, version.encode(), " ".join(flags).encode(), _cpu_flags().encode()])
         ).hexdigest()[:16]
         path = (out_dir or cache_dir()) / f"{name}-{key}.so"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                src, lib = Path(tmp) / f"{name}.c", Path(tmp) / path.name
-                src.write_bytes(source)
-                res = subprocess.run(
-                    [cc, *flags, str(src), "-o", str(lib), "-lm"],
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                )
-                if res.returncode != 0:
-                    last = (res.stderr.strip().splitlines() or ["no output"])[-1]
-                    errors.append(f"{' '.join(extra) or 'serial'}: {last}")
-                    continue
-                os.replace(lib, path)  # atomic: a concurrent process sees all of it or none
+        try:
+            if not path.is_file():
+                _compile(cc, flags, source, path)
+            lib = ctypes.CDLL(str(path))
+        except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+            errors.append(f"{' '.join(extra) or 'without OpenMP'}: {e}")
+            continue
         threads = "OpenMP on torch's threads" if extra else "one thread"
-        return Kernel(ctypes.CDLL(str(path)), f"{version}, {' '.join(FLAGS[:2])}, {threads}")
+        return Kernel(lib, f"{version}, {' '.join(FLAGS[:2])}, {threads}")
     return Kernel(None, f"{cc} failed: " + "; ".join(errors))
+
+
+def _compile(cc: str, flags: tuple[str, ...], source: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        src, lib = Path(tmp) / "kernel.c", Path(tmp) / path.name
+        src.write_bytes(source)
+        cmd = [cc, *flags, str(src), "-o", str(lib), "-lm"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError((res.stderr.strip().splitlines() or ["no output"])[-1])
+        os.replace(lib, path)  # atomic: a concurrent process sees all of it or none
 
 
 @functools.cache
@@ -137,6 +139,8 @@ def attention_step(
 
     qkv (b, 3, h, d) contiguous; cache (2, T, b * h, d); out (b, h, d); all float32 on the CPU.
     """
+    if not (qkv.is_contiguous() and cache.is_contiguous() and out.is_contiguous()):
+        raise ValueError("decode attention: qkv, cache and out must be contiguous")
     b, _, h, d = qkv.shape
     fn = decode_attention().lib.flowbench_decode_attention
     rc = fn(qkv.data_ptr(), cache.data_ptr(), out.data_ptr(), b, h, cache.shape[1], d, pos, scale)

@@ -53,9 +53,9 @@ class KVCache:
 
     - native (CPU, float32, head_dim a multiple of 8; ``kernel`` "auto" or "native"): one C
       kernel call, ``csrc/decode_attention.c``, over a time-major cache ``kv`` (2, t, b * h, d);
-    - the default torch form: ``kv`` (2, b, h, t, d), stored together so that one copy writes a
-      step's key and value; it attends to the ``pos + 1`` filled positions, so each step's
-      shapes grow;
+    - the growing torch form (elsewhere, or ``kernel`` "torch"): ``kv`` (2, b, h, t, d), stored
+      together so that one copy writes a step's key and value; it attends to the ``pos + 1``
+      filled positions, so each step's shapes grow;
     - ``static`` (torch.compile, CUDA graphs): every shape fixed. The step's position is a
       tensor, keys/values are written with ``index_copy_`` and the query attends to the full
       length with the unfilled positions masked out (zero-initialised, weight exactly 0).

@@ -82,9 +82,23 @@ def test_native_is_refused_with_the_reason_where_it_cannot_run():
 
 
 def test_a_failed_build_says_why_and_nothing_is_loaded(tmp_path):
-    kernel = native.build("decode_attention", cc="/bin/false", out_dir=tmp_path)
-    assert kernel.lib is None and "/bin/false failed" in kernel.description
-    assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+    """A compiler that fails (here a script that prints a version, then an error): the kernel
+    is unavailable with the compiler's last line as the reason, and no library is left behind."""
+    cc = tmp_path / "cc"
+    cc.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && echo "fake cc 1.0" && exit 0\n'
+        'echo "error: nope" >&2\nexit 1\n'
+    )
+    cc.chmod(0o755)
+    out = tmp_path / "kernels"
+    kernel = native.build("decode_attention", cc=str(cc), out_dir=out)
+    assert kernel.lib is None
+    assert kernel.description.startswith(f"{cc} failed: ") and "error: nope" in kernel.description
+    assert not list(out.glob("*.so"))
+    unwritable = tmp_path / "file"
+    unwritable.write_text("")  # a file where the cache folder should be
+    kernel = native.build("decode_attention", out_dir=unwritable / "kernels")
+    assert kernel.lib is None and "failed" in kernel.description
 
 
 def test_flowbench_native_0_turns_the_kernel_off():
