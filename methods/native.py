@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,10 +47,11 @@ def cache_dir() -> Path:
 
 
 def compiler() -> str | None:
-    """``$CC``, else the compiler Python was built with, else ``cc``: the first on PATH."""
+    """``$CC``, else the compiler Python was built with, else ``cc``: the first whose program
+    is on PATH, as a command line (``CC="ccache gcc"`` is kept whole)."""
     for cc in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc"):
-        if cc and (path := shutil.which(cc.split()[0])):
-            return path
+        if cc and (words := shlex.split(cc)) and shutil.which(words[0]):
+            return cc
     return None
 
 
@@ -82,22 +84,24 @@ def build(name: str, cc: str | None = None, out_dir: Path | None = None) -> Kern
     cc = cc or compiler()
     if cc is None:
         return Kernel(None, "no C compiler found ($CC, cc)")
-    source = (CSRC / f"{name}.c").read_bytes()
     try:
-        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        source = (CSRC / f"{name}.c").read_bytes()
+        out_dir = out_dir or cache_dir()
+        cmd = shlex.split(cc)
+        out = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=30)
         version = (out.stdout.strip().splitlines() or [cc])[0]
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return Kernel(None, f"{cc} --version failed ({e})")
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        return Kernel(None, f"{cc} could not be run ({e})")
     errors = []
     for extra in [("-fopenmp",), ()] if _torch_openmp() else [()]:
         flags = (*FLAGS, *extra)
         key = hashlib.sha256(
             b"\0".join([source, version.encode(), " ".join(flags).encode(), _cpu_flags().encode()])
         ).hexdigest()[:16]
-        path = (out_dir or cache_dir()) / f"{name}-{key}.so"
+        path = out_dir / f"{name}-{key}.so"
         try:
             if not path.is_file():
-                _compile(cc, flags, source, path)
+                _compile(cmd, flags, source, path)
             lib = ctypes.CDLL(str(path))
         except (OSError, subprocess.SubprocessError, RuntimeError) as e:
             errors.append(f"{' '.join(extra) or 'without OpenMP'}: {e}")
@@ -107,12 +111,12 @@ def build(name: str, cc: str | None = None, out_dir: Path | None = None) -> Kern
     return Kernel(None, f"{cc} failed: " + "; ".join(errors))
 
 
-def _compile(cc: str, flags: tuple[str, ...], source: bytes, path: Path) -> None:
+def _compile(cc: list[str], flags: tuple[str, ...], source: bytes, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         src, lib = Path(tmp) / "kernel.c", Path(tmp) / path.name
         src.write_bytes(source)
-        cmd = [cc, *flags, str(src), "-o", str(lib), "-lm"]
+        cmd = [*cc, *flags, str(src), "-o", str(lib), "-lm"]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             raise RuntimeError((res.stderr.strip().splitlines() or ["no output"])[-1])
@@ -137,14 +141,26 @@ def attention_step(
 ) -> None:
     """Store this step's keys and values at ``pos`` and attend: see ``csrc/decode_attention.c``.
 
-    qkv (b, 3, h, d) contiguous; cache (2, T, b * h, d); out (b, h, d); all float32 on the CPU.
+    qkv (b, 3, h, d), cache (2, T, b * h, d), out (b, h, d): contiguous float32 on the CPU, as
+    the C code trusts them to be (checked here, a few microseconds).
     """
-    if not (qkv.is_contiguous() and cache.is_contiguous() and out.is_contiguous()):
-        raise ValueError("decode attention: qkv, cache and out must be contiguous")
     b, _, h, d = qkv.shape
+    tensors = (qkv, cache, out)
+    if (
+        cache.shape != (2, cache.shape[1], b * h, d)
+        or out.shape != (b, h, d)
+        or not 0 <= pos < cache.shape[1]
+        or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors)
+        or not all(t.is_contiguous() for t in tensors)
+    ):
+        raise ValueError(
+            f"decode attention: qkv {tuple(qkv.shape)}, cache {tuple(cache.shape)}, out "
+            f"{tuple(out.shape)} at position {pos}: not a step of this cache (contiguous "
+            "float32 CPU tensors, cache (2, T, b * h, d), out (b, h, d))"
+        )
     fn = decode_attention().lib.flowbench_decode_attention
     rc = fn(qkv.data_ptr(), cache.data_ptr(), out.data_ptr(), b, h, cache.shape[1], d, pos, scale)
     if rc == -1:
         raise MemoryError("decode attention: could not allocate its scratch memory")
     if rc != 0:
-        raise ValueError(f"decode attention: bad shape (qkv {tuple(qkv.shape)}, pos {pos})")
+        raise ValueError(f"decode attention: head size {d} is not a multiple of 8")

@@ -61,7 +61,8 @@ class KVCache:
       length with the unfilled positions masked out (zero-initialised, weight exactly 0).
 
     Under a dispatch mode (FLOP counting), or for queries that need gradients, the native cache
-    attends with torch operators: the same arithmetic, which those tools see.
+    attends with torch operators: the same arithmetic, which those tools see (counted through
+    ``bench.flops``, which registers the FLOPs of torch's CPU attention kernel).
     """
 
     def __init__(
@@ -88,7 +89,8 @@ class KVCache:
                 raise ValueError(f"decode kernel 'native' cannot run here: {problem}")
             self.native = not problem
         if self.native:
-            self.kv = torch.empty(2, tokens, batch * heads, head_dim)
+            shape = (2, tokens, batch * heads, head_dim)
+            self.kv = torch.empty(shape, dtype=torch.float32, device="cpu")
             return
         shape = (2, batch, heads, tokens, head_dim)
         alloc = torch.zeros if static else torch.empty
@@ -119,7 +121,7 @@ class KVCache:
             return self.attend(qkv[:, 0], pos)
         b, _, h, d = qkv.shape
         if _dispatch_mode_active() or (qkv.requires_grad and torch.is_grad_enabled()):
-            kv = self.kv.view(2, -1, b, h, d)
+            kv = self.kv.view(2, self.kv.shape[1], b, h, d)  # an error if b * h does not fit
             kv[:, pos] = qkv[:, 1:].transpose(0, 1)
             k, v = kv[:, : pos + 1].permute(0, 2, 3, 1, 4)  # (b, h, pos + 1, d)
             return F.scaled_dot_product_attention(qkv[:, 0, :, None], k, v)[:, :, 0]

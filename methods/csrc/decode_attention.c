@@ -45,11 +45,14 @@ static inline __attribute__((always_inline)) int tile(
     const float *qkv, float *keys, float *values, float *out, int64_t heads, int64_t rows,
     int64_t nv, int64_t pos, float scale, int64_t r0, int64_t r1) {
     const int64_t n = r1 - r0, dim = nv * LANES;
+    /* All scratch first, so that a failed allocation leaves the cache as it was. */
     vec *acc = aligned_alloc(sizeof(vec), n * dim * sizeof(float)); /* a multiple of 32 bytes */
     float *scores = malloc(n * (pos + 1) * sizeof(float)); /* (position, row) */
-    if (!acc || !scores) {
+    float *norm = malloc(n * sizeof(float));
+    if (!acc || !scores || !norm) {
         free(acc);
         free(scores);
+        free(norm);
         return -1;
     }
     for (int64_t r = r0; r < r1; r++) { /* store this step's key and value, load the query */
@@ -65,12 +68,6 @@ static inline __attribute__((always_inline)) int tile(
             for (int64_t e = 1; e < nv; e++) s += acc[i * nv + e] * load(k + i * dim + e * LANES);
             scores[t * n + i] = sum_lanes(s);
         }
-    }
-    float *norm = malloc(n * sizeof(float));
-    if (!norm) {
-        free(acc);
-        free(scores);
-        return -1;
     }
     for (int64_t i = 0; i < n; i++) { /* softmax over positions, less its max for range */
         float m = -INFINITY, sum = 0.0f;
@@ -115,7 +112,8 @@ static int tile_dispatch(const float *qkv, float *keys, float *values, float *ou
 /* qkv: (batch, 3, heads, dim), this step's projections, contiguous float32.
  * cache: (2, tokens, batch * heads, dim), keys then values, float32.
  * out: (batch, heads, dim). dim must be a multiple of 8, 0 <= pos < tokens.
- * Returns 0, -1 if scratch memory could not be allocated, -2 for a bad shape. */
+ * Returns 0, -1 if scratch memory could not be allocated (a tile that failed left its rows of
+ * the cache unwritten, other tiles may have written theirs), -2 for a bad shape. */
 int flowbench_decode_attention(const float *qkv, float *cache, float *out, int64_t batch,
                                int64_t heads, int64_t tokens, int64_t dim, int64_t pos,
                                float scale) {
