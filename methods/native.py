@@ -136,31 +136,34 @@ def decode_attention() -> Kernel:
     return kernel
 
 
-def attention_step(
-    qkv: torch.Tensor, cache: torch.Tensor, out: torch.Tensor, pos: int, scale: float
-) -> None:
+def attention_step(qkv: torch.Tensor, cache: torch.Tensor, pos: int, scale: float) -> torch.Tensor:
     """Store this step's keys and values at ``pos`` and attend: see ``csrc/decode_attention.c``.
 
-    qkv (b, 3, h, d), cache (2, T, b * h, d), out (b, h, d): contiguous float32 on the CPU, as
-    the C code trusts them to be (checked here, a few microseconds).
+    qkv (b, 3, h, d), this step's projections; cache (2, T, b * h, d) as KVCache allocates it
+    (contiguous float32 on the CPU). Returns the output (b, h, d). The C code trusts the shapes:
+    qkv and pos, which come from the caller, are checked here (~2 us, once per layer and step).
     """
-    b, _, h, d = qkv.shape
-    tensors = (qkv, cache, out)
-    if (
-        cache.shape != (2, cache.shape[1], b * h, d)
-        or out.shape != (b, h, d)
-        or not 0 <= pos < cache.shape[1]
-        or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors)
-        or not all(t.is_contiguous() for t in tensors)
+    b, three, h, d = qkv.shape
+    _, tokens, rows, dim = cache.shape
+    if not (
+        three == 3
+        and b * h == rows
+        and d == dim
+        and 0 <= pos < tokens
+        and qkv.dtype == torch.float32
+        and qkv.is_cpu
+        and qkv.is_contiguous()
     ):
         raise ValueError(
-            f"decode attention: qkv {tuple(qkv.shape)}, cache {tuple(cache.shape)}, out "
-            f"{tuple(out.shape)} at position {pos}: not a step of this cache (contiguous "
-            "float32 CPU tensors, cache (2, T, b * h, d), out (b, h, d))"
+            f"decode attention: qkv {tuple(qkv.shape)} ({qkv.dtype}, {qkv.device}) at position "
+            f"{pos}: not a step of this cache {tuple(cache.shape)} (contiguous float32 CPU qkv "
+            "(b, 3, h, d) with b * h rows)"
         )
+    out = qkv.new_empty(b, h, d)
     fn = decode_attention().lib.flowbench_decode_attention
-    rc = fn(qkv.data_ptr(), cache.data_ptr(), out.data_ptr(), b, h, cache.shape[1], d, pos, scale)
+    rc = fn(qkv.data_ptr(), cache.data_ptr(), out.data_ptr(), b, h, tokens, d, pos, scale)
     if rc == -1:
         raise MemoryError("decode attention: could not allocate its scratch memory")
     if rc != 0:
         raise ValueError(f"decode attention: head size {d} is not a multiple of 8")
+    return out
