@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.labels import LABELS  # noqa: E402
+from methods import label  # noqa: E402
 from methods.atomic import atomic_write  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def speedup_curve(sweep: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     for method, g in sweep.groupby("method", sort=False):
         g = g.sort_values("batch")
-        ax.plot(g["batch"], g["speedup_vs_tarflow"], marker="o", label=LABELS.get(method, method))
+        ax.plot(g["batch"], g["speedup_vs_tarflow"], marker="o", label=label(method))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
@@ -43,9 +43,7 @@ def quality_vs_time(sweep: pd.DataFrame, table: pd.DataFrame, path: Path) -> Pat
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     for method, g in sweep.groupby("method", sort=False):
         g = g.sort_values("batch")
-        ax.plot(
-            g["ms_per_img"], [fid[method]] * len(g), marker="o", label=LABELS.get(method, method)
-        )
+        ax.plot(g["ms_per_img"], [fid[method]] * len(g), marker="o", label=label(method))
         for _, r in g.iterrows():
             ax.annotate(
                 f"b={r['batch']}",

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from bench.labels import LABELS
 from bench.plots import quality_vs_time, speedup_curve
+from methods import label
 from methods.atomic import write_text
 
 MAIN = [  # (column, header, format): the papers' comparison table
@@ -72,7 +72,7 @@ def _fmt(value, fmt: str | None, column: str) -> str:
     if column == "flops_per_img":
         value = value / 1e9
     if column == "method":
-        return LABELS.get(value, value)
+        return label(value)
     return fmt.format(value) if fmt else str(value)
 
 
@@ -219,7 +219,7 @@ def render(run_dir: Path, links: str = "") -> str:
             [b, *[f"{wide.loc[b, m]:.2f} ({speed.loc[b, m]:.1f}x)" for m in wide.columns]]
             for b in wide.index
         ]
-        heads = ["batch", *[f"{LABELS.get(m, m)}: ms/img (speedup)" for m in wide.columns]]
+        heads = ["batch", *[f"{label(m)}: ms/img (speedup)" for m in wide.columns]]
         out += [
             "## Speed against batch size",
             "",
@@ -261,7 +261,7 @@ def render(run_dir: Path, links: str = "") -> str:
     out += ["## Samples", "", "The same seeds for every sampler.", ""]
     for r in samplers.to_dict("records"):
         out += [
-            f"**{LABELS.get(r['method'], r['method'])}** (NFE {r['nfe']:.0f})",
+            f"**{label(r['method'])}** (NFE {r['nfe']:.0f})",
             "",
             f"![{r['method']}]({links}{r['grid']})",
             "",

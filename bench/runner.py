@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -650,7 +650,7 @@ def _measure_all(
                 "variant": e.variant,
                 "key": e.key,
                 "tables": ",".join(e.tables),
-                **sampler.factors(),
+                **asdict(sampler.factors()),
                 **common(e.cfg, e.replicate),
                 **score_sampler(e.key, sampler, e.cfg, seeds_of(e.cfg), device, run_dir, scorer),
                 "unavailable": dict(scorer.unavailable),

@@ -18,9 +18,10 @@ from tabulate import tabulate
 
 from bench.report import IncompleteRunError, check_complete
 from methods.atomic import write_text
+from methods.base import Factors
 
 TABLES = ("main", "reverse", "denoise", "ablations")
-FACTORS = ("reverse", "denoise", "norm_control", "guidance", "feature_loss", "conditional")
+FACTORS = Factors.names()
 ABLATED = ("norm_control", "guidance", "feature_loss")
 OFF = {"norm_control": "off", "guidance": "0", "feature_loss": "off"}  # "without" the factor
 REVERSE_ORDER = ("aligned", "naive", "exact")  # the paper's claim, lowest FID first

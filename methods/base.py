@@ -7,7 +7,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -63,6 +63,23 @@ class SamplingConfig:
 
 
 DEFAULT_SAMPLING = SamplingConfig()
+
+
+@dataclass(frozen=True)
+class Factors:
+    """The design choices a sampler embodies, as the paper's ablation tables name them."""
+
+    reverse: str = "exact"  # exact | jacobi | naive | aligned: how noise is mapped back
+    denoise: str = "none"  # none | score | learned: how the training noise is removed
+    norm_control: str = "off"  # on | off: the forward model's output parameters clipped
+    guidance: float = 0.0  # classifier-free guidance scale; 0 = off
+    feature_loss: str = "off"  # off | the network of the reverse model's perceptual loss
+    conditional: str = "no"  # yes | no: class-conditional
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The factor columns of a results row, in table order."""
+        return tuple(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True)
@@ -159,7 +176,8 @@ def to_uint8(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 class Sampler(ABC):
     """Turns per-image seeds into images. Subclasses implement :meth:`generate` only."""
 
-    name: str = ""
+    name: str = ""  # set by methods.registry.register
+    label: str = ""  # display name in tables and figures; default: the registered name
     fixed_nfe = True  # every batch needs the same NFE (checked); False: adaptive (Jacobi)
 
     def __init__(self, device: torch.device, sampling: SamplingConfig = DEFAULT_SAMPLING) -> None:
@@ -210,12 +228,9 @@ class Sampler(ABC):
         """Classes of a class-conditional sampler; 0 = unconditional."""
         return 0
 
-    def factors(self) -> dict[str, object]:
-        """The design choices this sampler embodies, as the ablation tables name them:
-        reverse (exact | jacobi | naive | aligned), denoise (none | score | learned),
-        norm_control (on | off), guidance (the scale; 0 = off), feature_loss (off | network),
-        conditional (yes | no)."""
-        return {}
+    def factors(self) -> Factors:
+        """The design choices this sampler embodies (see :class:`Factors`)."""
+        return Factors()
 
     @abstractmethod
     def noise_shape(self) -> tuple[int, ...]:

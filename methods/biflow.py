@@ -8,14 +8,14 @@ compared with the clean x. Sampling is x = G(z) with z ~ N(0, I): one network ev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from methods import dist
-from methods.base import DEFAULT_SAMPLING, Sampler, SamplingConfig
+from methods.base import DEFAULT_SAMPLING, Factors, Sampler, SamplingConfig
 from methods.registry import register
 from methods.score_denoise import tweedie_step
 from methods.tarflow import TarFlow, guidance_error
@@ -239,6 +239,8 @@ def inversion_error(
 class BiFlowSampler(Sampler):
     """x = G(z): one evaluation of the learned reverse model (guided or not)."""
 
+    label = "BiFlow, learned reverse"
+
     needs = ("flow", "reverse")
 
     def __init__(
@@ -277,16 +279,16 @@ class BiFlowSampler(Sampler):
         heads = self.g.training_only_params()
         return super().num_params() - heads
 
-    def factors(self) -> dict[str, object]:
+    def factors(self) -> Factors:
         c = self.g.cfg
-        return {
-            "reverse": "aligned" if c.align_weight > 0 else "naive",
-            "denoise": "learned" if c.denoise else "none",
-            "norm_control": "on" if self.flow.cfg.norm_clip > 0 else "off",
-            "guidance": self.sampling.guidance,
-            "feature_loss": FEATURE_NET if c.feature_weight else "off",
-            "conditional": "yes" if self.flow.cfg.num_classes else "no",
-        }
+        return Factors(
+            reverse="aligned" if c.align_weight > 0 else "naive",
+            denoise="learned" if c.denoise else "none",
+            norm_control="on" if self.flow.cfg.norm_clip > 0 else "off",
+            guidance=self.sampling.guidance,
+            feature_loss=FEATURE_NET if c.feature_weight else "off",
+            conditional="yes" if self.flow.cfg.num_classes else "no",
+        )
 
     def _scales(self, z: torch.Tensor) -> torch.Tensor | None:
         if not self.g.cfg.guidance_max:
@@ -304,11 +306,13 @@ class BiFlowScoreSampler(BiFlowSampler):
     """x = G(z), then the score step through the forward flow (for a G without learned
     denoising: the denoising ablation's "score" row). 1 + one flow forward/backward."""
 
+    label = "BiFlow + score denoising"
+
     def networks(self) -> list[nn.Module]:
         return [self.g, self.flow]
 
-    def factors(self) -> dict[str, object]:
-        return {**super().factors(), "denoise": "score"}
+    def factors(self) -> Factors:
+        return replace(super().factors(), denoise="score")
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         x = super().generate(z, y)

@@ -10,8 +10,11 @@ on what else is in the batch), and later iterations run on the images still movi
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
+from methods.base import Factors
 from methods.registry import register
 from methods.tarflow import FlowBlock, TarFlow, TarFlowSampler
 
@@ -82,11 +85,12 @@ class JacobiSampler(TarFlowSampler):
     is the iterations images actually took, counted by the same hooks: it varies from batch to
     batch, so the table reports the mean per image (and ``nfe_max``)."""
 
+    label = "TarFlow, Jacobi decoding"
     fixed_nfe = False
     DEVIATION_DRAWS = 64  # prior draws for the deviation from the exact inverse
 
-    def factors(self) -> dict[str, object]:
-        return {**super().factors(), "reverse": "jacobi"}
+    def factors(self) -> Factors:
+        return replace(super().factors(), reverse="jacobi")
 
     def _solve(
         self, z: torch.Tensor, y: torch.Tensor | None

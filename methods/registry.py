@@ -21,6 +21,7 @@ def register(name: str):
         if name in _REGISTRY:
             raise ValueError(f"sampler {name!r} is already registered by {_REGISTRY[name]!r}")
         cls.name = name
+        cls.label = cls.__dict__.get("label") or name  # a subclass names itself, or is its name
         _REGISTRY[name] = cls
         return cls
 
@@ -40,6 +41,13 @@ def get(name: str) -> type[Sampler]:
         raise UnknownMethodError(
             f"unknown method {name!r}; registered: {', '.join(sorted(_REGISTRY))}"
         ) from None
+
+
+def label(name: str) -> str:
+    """Display name of the sampler registered as ``name`` (an anchor row or a sampler this
+    checkout does not have: the name itself)."""
+    cls = _REGISTRY.get(name)
+    return cls.label if cls is not None else name
 
 
 def names() -> list[str]:

@@ -7,8 +7,11 @@ autograd through the flow's own log-likelihood (one forward and one backward pas
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
+from methods.base import Factors
 from methods.registry import register
 from methods.tarflow import TarFlow, TarFlowSampler
 
@@ -33,8 +36,10 @@ def tweedie_step(
 class ScoreDenoiseSampler(TarFlowSampler):
     """K x (T - 1) decoding evaluations plus one forward/backward pass of the whole flow."""
 
-    def factors(self) -> dict[str, object]:
-        return {**super().factors(), "denoise": "score"}
+    label = "TarFlow + score denoising"
+
+    def factors(self) -> Factors:
+        return replace(super().factors(), denoise="score")
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         x = self.flow.reverse(z, self.cached, self.static, y, self.guidance, self.kernel)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import DEFAULT_SAMPLING, Sampler, SamplingConfig
+from methods.base import DEFAULT_SAMPLING, Factors, Sampler, SamplingConfig
 from methods.registry import register
 from methods.training import Labels
 from methods.transformer import KVCache, Layer, layer_norm, patchify, unpatchify
@@ -383,6 +383,8 @@ def bits_per_dim(
 class TarFlowSampler(Sampler):
     """Exact causal decoding with a key/value cache: K x (T - 1) sequential evaluations."""
 
+    label = "TarFlow, causal decoding (KV cache)"
+
     needs = ("flow",)
 
     def __init__(
@@ -421,15 +423,14 @@ class TarFlowSampler(Sampler):
     def num_classes(self) -> int:
         return self.flow.cfg.num_classes
 
-    def factors(self) -> dict[str, object]:
-        return {
-            "reverse": "exact",
-            "denoise": "none",
-            "norm_control": "on" if self.flow.cfg.norm_clip > 0 else "off",
-            "guidance": self.guidance,
-            "feature_loss": "off",
-            "conditional": "yes" if self.flow.cfg.num_classes else "no",
-        }
+    def factors(self) -> Factors:
+        return Factors(
+            reverse="exact",
+            denoise="none",
+            norm_control="on" if self.flow.cfg.norm_clip > 0 else "off",
+            guidance=self.guidance,
+            conditional="yes" if self.flow.cfg.num_classes else "no",
+        )
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.flow.reverse(z, self.cached, self.static, y, self.guidance, self.kernel)

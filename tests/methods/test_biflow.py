@@ -66,7 +66,7 @@ def test_naive_distillation_is_the_output_loss_alone(trained_flow, digits):
     losses["loss"].backward()
     assert all(p.grad is None or not p.grad.any() for p in g.align_heads.parameters())
     s = BiFlowSampler(g, trained_flow, CPU)
-    assert s.factors()["reverse"] == "naive" and s.factors()["denoise"] == "learned"
+    assert s.factors().reverse == "naive" and s.factors().denoise == "learned"
 
 
 def test_without_learned_denoising_g_targets_the_noisy_image(trained_flow, digits):
@@ -79,7 +79,7 @@ def test_without_learned_denoising_g_targets_the_noisy_image(trained_flow, digit
         out, _ = g(z)
     noisy = trained_flow.to_tokens(x + trained_flow.cfg.noise_std * eps)
     assert torch.allclose(losses["recon"], torch.nn.functional.mse_loss(out, noisy))
-    assert BiFlowSampler(g, trained_flow, CPU).factors()["denoise"] == "none"
+    assert BiFlowSampler(g, trained_flow, CPU).factors().denoise == "none"
 
 
 def test_the_feature_loss_uses_the_given_network_and_trains_g(trained_flow, digits):

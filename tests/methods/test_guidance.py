@@ -55,7 +55,7 @@ def test_biflow_guidance_stays_one_evaluation(trained_guided_reverse, trained_co
     plain, guided = mk(0.0).sample(SEEDS, 6), mk(2.0).sample(SEEDS, 6)
     assert plain.nfe == guided.nfe == 1
     assert not torch.equal(plain.images, guided.images)  # the scale is an input of G
-    assert mk(2.0).factors()["guidance"] == 2.0
+    assert mk(2.0).factors().guidance == 2.0
 
 
 def test_guidance_the_models_cannot_honour_is_refused(

@@ -64,7 +64,7 @@ def test_the_sampler_reports_the_iterations_it_used_and_its_deviation(trained_fl
     d = tight.diagnostics(seeds)
     assert d["jacobi_rel_err"] < 1e-4 and d["jacobi_deviation_draws"] == 8
     assert len(d["jacobi_iters_per_block"]) == len(trained_flow.blocks)
-    assert loose.factors()["reverse"] == "jacobi"
+    assert loose.factors().reverse == "jacobi"
 
 
 def test_each_image_converges_on_its_own_so_batching_does_not_change_it(trained_flow):
