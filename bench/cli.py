@@ -7,12 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import dryrun, tables
+from bench import dryrun, plots, tables
 from bench.compare import CompareError, compare, load_results, render, thresholds
 from bench.config import ConfigError, load_config, variant_config
 from bench.data import DataError
 from bench.metrics import CacheIntegrityError
-from bench.report import IncompleteRunError, render_many, write
+from bench.report import render_many, write
+from bench.runfolder import IncompleteRunError
 from bench.runner import BenchError, run
 from bench.stability import stability
 from bench.variants import check_choices, entries
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             stability(cfg, args.config, args.out, args.k)
         elif args.command == "report":
-            if len(args.run_dirs) == 1:
+            if len(args.run_dirs) == 1:  # report.md; figures only where the folder lacks them
+                plots.write_figures(args.run_dirs[0], missing_only=True)
                 print(write(args.run_dirs[0], args.out))
             else:
                 text = render_many(args.run_dirs)

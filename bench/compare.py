@@ -1,7 +1,8 @@
 """`bench compare BASELINE NEW`: every metric of two runs side by side, with a verdict.
 
-Rows are matched by (method, variant, replicate). Each metric has a kind that decides how it is
-judged:
+Rows are matched by the row key (method, variant, replicate) of ``bench.runfolder``; both inputs
+are read by its one reader. The metrics are the gated columns of ``bench.columns``, each judged
+by its gate:
 
 - ``exact``: deterministic counts (NFE, sequential steps, FLOPs, parameters, non-finite images);
   any change fails.
@@ -19,98 +20,32 @@ Exit codes: 0 nothing regressed, 1 something did, 2 the inputs cannot be compare
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
 from tabulate import tabulate
 
+from bench import runfolder
+from bench.columns import GATED, Column
 from bench.config import CompareConfig, ConfigError, parse_section
+from bench.runfolder import ROW_KEY, Run
+
+METRICS: tuple[Column, ...] = GATED  # what is judged, each by its column's gate
+KEY = list(ROW_KEY)
 
 
 class CompareError(ValueError):
     """The two inputs cannot be compared; the message says why."""
 
 
-@dataclass(frozen=True)
-class Metric:
-    column: str
-    kind: str  # exact, latency, throughput, memory, fid, kid, is, info
-    worse: int  # +1: higher is worse, -1: lower is worse, 0: any change
+def load_results(path: Path) -> Run:
+    """A finished run folder or a bare results .csv/.parquet, through the one run reader."""
+    return runfolder.load_results(path, need=("dataset", "extractors"))
 
 
-METRICS = [
-    Metric("nfe", "exact", 0),
-    Metric("sequential_steps", "exact", 0),
-    Metric("flops_per_img", "exact", 0),
-    Metric("params", "exact", 0),
-    Metric("nonfinite", "exact", 0),
-    Metric("latency_b1_vs_cal", "latency", +1),
-    Metric("tput_time_vs_cal", "throughput", +1),
-    Metric("latency_ms_b1", "info", +1),
-    Metric("throughput_img_s", "info", -1),
-    Metric("peak_mem_mb", "memory", +1),
-    Metric("fid_domain", "fid", +1),
-    Metric("kid_domain", "kid", +1),
-    Metric("is_domain", "is", -1),
-    Metric("fid_inception_offline", "fid", +1),
-    Metric("kid_inception_offline", "kid", +1),
-    Metric("fid_inception", "fid", +1),
-    Metric("kid_inception", "kid", +1),
-    Metric("is_inception", "is", -1),
-]
-KEY = ["method", "variant", "replicate"]  # tables from before replicates: replicate 0
-
-
-@dataclass(frozen=True)
-class Results:
-    table: pd.DataFrame
-    source: Path
-    config: dict | None  # the run's resolved config, when the input is a run folder
-
-
-def load_results(path: Path) -> Results:
-    """A run folder (results.csv + run.json; must be complete) or a results .csv/.parquet."""
-    path = Path(path)
-    config = None
-    if path.is_dir():
-        info_path = path / "run.json"
-        if not info_path.is_file() or not (path / "results.csv").is_file():
-            raise CompareError(f"{path}: not a run folder (no results.csv and run.json)")
-        try:
-            info = json.loads(info_path.read_text())
-        except ValueError as e:
-            raise CompareError(f"{info_path}: unreadable ({e})") from None
-        if info.get("status") != "complete":
-            raise CompareError(f"{path}: the run is not complete (status {info.get('status')!r})")
-        config, file = info.get("config"), path / "results.csv"
-    elif path.is_file():
-        file = path
-    else:
-        raise CompareError(f"{path}: no such file or run folder")
-    try:
-        if file.suffix == ".parquet":
-            table = pd.read_parquet(file)
-        elif file.suffix == ".csv":
-            table = pd.read_csv(file)
-        else:
-            raise CompareError(f"{file}: expected a run folder, a .csv or a .parquet file")
-    except (ValueError, OSError, pd.errors.ParserError) as e:
-        raise CompareError(f"{file}: unreadable results table ({str(e)[:200]})") from None
-    if "replicate" not in table.columns:
-        table["replicate"] = 0
-    missing = [c for c in (*KEY, "dataset", "extractors") if c not in table.columns]
-    if missing:
-        raise CompareError(f"{file}: not a flowbench results table (no column {missing[0]!r})")
-    if table.duplicated(KEY).any():
-        raise CompareError(f"{file}: more than one row for the same (method, variant, replicate)")
-    return Results(table, path, config)
-
-
-def thresholds(results: Results, overrides: list[str] = ()) -> CompareConfig:
+def thresholds(results: Run, overrides: list[str] = ()) -> CompareConfig:
     """The new run's ``compare`` section (defaults for a bare file), then ``--set`` overrides."""
     raw = dict((results.config or {}).get("compare", {}))
     for assignment in overrides:
@@ -130,7 +65,7 @@ def _same(base: pd.DataFrame, new: pd.DataFrame, column: str) -> None:
         )
 
 
-def _allowed(metric: Metric, base: float, th: CompareConfig) -> float:
+def _allowed(metric: Column, base: float, th: CompareConfig) -> float:
     """How far the new value may move in the worse direction before it is a regression."""
     return {
         "exact": 0.0,
@@ -141,21 +76,21 @@ def _allowed(metric: Metric, base: float, th: CompareConfig) -> float:
         "kid": th.kid_abs,
         "is": th.is_abs,
         "info": math.inf,
-    }[metric.kind]
+    }[metric.gate]
 
 
-def judge(metric: Metric, base: float, new: float, th: CompareConfig) -> tuple[str, float]:
+def judge(metric: Column, base: float, new: float, th: CompareConfig) -> tuple[str, float]:
     """(verdict, allowed worsening) for one metric of one row."""
     nan_a, nan_b = _isnan(base), _isnan(new)
     if nan_a and nan_b:
         return "n/a", math.nan
     allowed = _allowed(metric, base, th)
     if nan_a != nan_b:
-        return ("info" if metric.kind == "info" else "REGRESSED"), allowed
-    if metric.kind == "exact":
+        return ("info" if metric.gate == "info" else "REGRESSED"), allowed
+    if metric.gate == "exact":
         return ("ok" if base == new else "REGRESSED"), 0.0
     worse = (new - base) * metric.worse
-    if metric.kind == "info":
+    if metric.gate == "info":
         return "info", allowed
     if worse > allowed:
         return "REGRESSED", allowed
@@ -170,21 +105,21 @@ def _keys(table: pd.DataFrame) -> list[tuple[str, str, int]]:
     return sorted(map(tuple, table[KEY].values.tolist()))
 
 
-def compare(base: Results, new: Results, th: CompareConfig) -> tuple[pd.DataFrame, bool]:
+def compare(base: Run, new: Run, th: CompareConfig) -> tuple[pd.DataFrame, bool]:
     """One row per (sampler, metric) present in both; and whether anything regressed."""
     for column in ("dataset", "extractors"):
-        _same(base.table, new.table, column)
-    merged = base.table.merge(new.table, on=KEY, suffixes=("_base", "_new"))
+        _same(base.results, new.results, column)
+    merged = base.results.merge(new.results, on=KEY, suffixes=("_base", "_new"))
     if merged.empty:
         raise CompareError(
-            f"no common (method, variant, replicate) rows: baseline {_keys(base.table)}, "
-            f"new {_keys(new.table)}"
+            f"no common (method, variant, replicate) rows: baseline {_keys(base.results)}, "
+            f"new {_keys(new.results)}"
         )
-    lost = set(_keys(base.table)) - set(_keys(merged))
+    lost = set(_keys(base.results)) - set(_keys(merged))
     out = []
     for _, r in merged.iterrows():
         for m in METRICS:
-            cb, cn = f"{m.column}_base", f"{m.column}_new"
+            cb, cn = f"{m.name}_base", f"{m.name}_new"
             if cb not in merged.columns and cn not in merged.columns:
                 continue
             b = float(r[cb]) if cb in merged.columns and not _isnan(r[cb]) else math.nan
@@ -198,8 +133,8 @@ def compare(base: Results, new: Results, th: CompareConfig) -> tuple[pd.DataFram
                     "method": r["method"],
                     "variant": r["variant"],
                     "replicate": r["replicate"],
-                    "metric": m.column,
-                    "kind": m.kind,
+                    "metric": m.name,
+                    "kind": m.gate,
                     "baseline": b,
                     "new": n,
                     "change": change,
@@ -226,7 +161,7 @@ def compare(base: Results, new: Results, th: CompareConfig) -> tuple[pd.DataFram
     return table, bool((table.verdict == "REGRESSED").any())
 
 
-def render(table: pd.DataFrame, base: Results, new: Results, th: CompareConfig) -> str:
+def render(table: pd.DataFrame, base: Run, new: Run, th: CompareConfig) -> str:
     def num(x: float) -> str:
         if _isnan(x):
             return ""

@@ -1,4 +1,7 @@
-"""Figures for the report, drawn from a run folder's tables (matplotlib, no display needed)."""
+"""Figures of a run, drawn from its folder's tables into it (matplotlib, no display needed).
+
+``write_figures(run_dir)`` draws every figure report.md links; report.write only links them.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,36 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.runfolder import Run, entry_names, load_run  # noqa: E402
 from methods import label  # noqa: E402
 from methods.atomic import atomic_write  # noqa: E402
+
+FIGURES = {  # what write_figures draws into the run folder: alt text in report.md
+    "speedup_vs_batch.png": "speedup against batch size",
+    "quality_vs_time.png": "quality against time per image",
+}
+
+
+def write_figures(run: Run | Path, missing_only: bool = False) -> list[Path]:
+    """Draw the run's figures into its folder and return their paths: none without a
+    sweep.csv. ``run``: a finished run folder (read by bench.runfolder.load_run, so an
+    unfinished one raises IncompleteRunError) or a run already read. ``missing_only``: keep the
+    figures already there (``bench report`` on an old folder draws only what it lacks)."""
+    run = run if isinstance(run, Run) else load_run(run)
+    if run.sweep.empty:
+        return []
+    table = run.results.assign(method=entry_names(run.results))  # named as the sweep names them
+    draw = {
+        "speedup_vs_batch.png": lambda path: speedup_curve(run.sweep, path),
+        "quality_vs_time.png": lambda path: quality_vs_time(run.sweep, table, path),
+    }
+    paths = []
+    for name in FIGURES:
+        path = run.dir / name
+        if not (missing_only and path.is_file()):
+            draw[name](path)
+        paths.append(path)
+    return paths
 
 
 def _save(fig: plt.Figure, ax: plt.Axes, path: Path) -> Path:

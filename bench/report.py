@@ -2,85 +2,77 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
-from bench.plots import quality_vs_time, speedup_curve
+from bench.columns import Column, pick, view
+from bench.plots import FIGURES
+from bench.runfolder import Run, entry_names, load_run
 from methods import label
 from methods.atomic import write_text
 
-MAIN = [  # (column, header, format): the papers' comparison table
-    ("method", "sampler", None),
-    ("nfe", "NFE", "{:.0f}"),
-    ("fid_domain", "FID (domain)", "{:.2f}"),
-    ("is_domain", "IS (domain)", "{:.2f}"),
-    ("kid_domain", "KID (domain)", "{:.3f}"),
-    ("latency_ms_b1", "latency b=1 (ms/img)", "{:.1f}"),
-    ("throughput_img_s", "throughput (img/s)", "{:.0f}"),
-    ("speedup_b1", "speedup b=1", "{:.1f}x"),
-    ("speedup_tput", "speedup tput", "{:.1f}x"),
-    ("params", "params (M)", "{:.2f}"),
-    ("nonfinite", "non-finite", "{:.0f}"),
+NEED = ("nfe", "grid")  # results columns the report reads beyond the row key
+MAIN = pick(  # the papers' comparison table
+    "method",
+    "nfe",
+    "fid_domain",
+    "is_domain",
+    "kid_domain",
+    "latency_ms_b1",
+    "throughput_img_s",
+    "speedup_b1",
+    "speedup_tput",
+    "params",
+    "nonfinite",
+)
+QUALITY = [  # every quality number, headed by the extractor that produced it
+    view("method"),
+    view("fid_domain", "FID domain"),
+    view("kid_domain", "KID domain", "{:.4f}"),
+    view("is_domain", "IS domain"),
+    *pick("precision_domain", "recall_domain", "n_samples"),
+    view("fid_inception_offline", "FID inception_offline"),
+    *pick(
+        "kid_inception_offline",
+        "precision_inception_offline",
+        "recall_inception_offline",
+        "fid_clean_inception_offline",
+        "fid_inception",
+        "kid_inception",
+        "is_inception",
+        "precision_inception",
+        "recall_inception",
+        "n_samples_inception",
+    ),
 ]
-QUALITY = [  # every quality number, by the extractor that produced it
-    ("method", "sampler", None),
-    ("fid_domain", "FID domain", "{:.2f}"),
-    ("kid_domain", "KID domain", "{:.4f}"),
-    ("is_domain", "IS domain", "{:.2f}"),
-    ("precision_domain", "precision domain", "{:.3f}"),
-    ("recall_domain", "recall domain", "{:.3f}"),
-    ("n_samples", "n (domain)", "{:.0f}"),
-    ("fid_inception_offline", "FID inception_offline", "{:.2f}"),
-    ("kid_inception_offline", "KID inception_offline", "{:.4f}"),
-    ("precision_inception_offline", "precision inception_offline", "{:.3f}"),
-    ("recall_inception_offline", "recall inception_offline", "{:.3f}"),
-    ("fid_clean_inception_offline", "clean-FID inception_offline", "{:.2f}"),
-    ("fid_inception", "FID inception", "{:.2f}"),
-    ("kid_inception", "KID inception", "{:.4f}"),
-    ("is_inception", "IS inception", "{:.2f}"),
-    ("precision_inception", "precision inception", "{:.3f}"),
-    ("recall_inception", "recall inception", "{:.3f}"),
-    ("n_samples_inception", "n (inception)", "{:.0f}"),
-]
-COST = [  # where the time and memory go
-    ("method", "sampler", None),
-    ("nfe", "NFE", "{:.0f}"),
-    ("sequential_steps", "sequential steps", "{:.0f}"),
-    ("flops_per_img", "GFLOP/img", "{:.3f}"),
-    ("ms_per_img_tput", "ms/img at tput batch", "{:.2f}"),
-    ("achieved_gflop_s", "achieved GFLOP/s", "{:.1f}"),
-    ("peak_fraction", "% of matmul peak", "{:.1%}"),
-    ("peak_mem_mb", "peak mem (MB)", "{:.0f}"),
-    ("mem_sampling_mb", "of which sampling (MB)", "{:.0f}"),
-    ("nvml_memory_used_mb", "NVML device mem (MB)", "{:.0f}"),  # GPU runs only
-    ("nvml_power_w", "NVML power (W)", "{:.0f}"),
-]
+COST = pick(  # where the time and memory go
+    "method",
+    "nfe",
+    "sequential_steps",
+    "flops_per_img",
+    "ms_per_img_tput",
+    "achieved_gflop_s",
+    "peak_fraction",
+    "peak_mem_mb",
+    "mem_sampling_mb",
+    "nvml_memory_used_mb",  # GPU runs only
+    "nvml_power_w",
+)
 
 
-def _fmt(value, fmt: str | None, column: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, str) and column != "method":
-        return value  # e.g. "n/a" for an NVML reading without a driver
-    if column == "params":
-        value = value / 1e6
-    if column == "flops_per_img":
-        value = value / 1e9
-    if column == "method":
-        return label(value)
-    return fmt.format(value) if fmt else str(value)
+def _cell(column: Column, value: object) -> str:
+    text = column.cell(value)
+    return label(value) if column.name == "method" and text else text
 
 
-def md_table(table: pd.DataFrame, columns=MAIN, lead: list[tuple[str, str]] = ()) -> str:
-    """Markdown table of the given (column, header, format) triples that the frame has."""
-    cols = [*[(c, h, None) for c, h in lead], *[t for t in columns if t[0] in table.columns]]
-    rows = [[_fmt(r.get(c), f, c) for c, _, f in cols] for r in table.to_dict("records")]
-    return tabulate(rows, [h for _, h, _ in cols], tablefmt="github", disable_numparse=True)
+def md_table(table: pd.DataFrame, columns: list[Column] = MAIN, lead: list[Column] = ()) -> str:
+    """Markdown table of the given columns that the frame has; samplers by their labels."""
+    cols = [*lead, *[c for c in columns if c.name in table.columns]]
+    rows = [[_cell(c, r.get(c.name)) for c in cols] for r in table.to_dict("records")]
+    return tabulate(rows, [c.header for c in cols], tablefmt="github", disable_numparse=True)
 
 
 def _breakdown(profiled: dict | None) -> list[str]:
@@ -120,20 +112,14 @@ def _memory_note(samplers: pd.DataFrame) -> str:
     return ""
 
 
-def render(run_dir: Path, links: str = "") -> str:
-    """report.md of a run folder; ``links`` prefixes the figure paths (for a report written
-    elsewhere than the run folder)."""
-    table = pd.read_csv(run_dir / "results.csv")
-    if "key" in table.columns:  # a sampler row is named by its entry: variant and replicate
-        table["method"] = table["key"].fillna(table["method"])
-    info = json.loads((run_dir / "run.json").read_text())
-    env, cfg, ds = info["environment"], info["config"], info["dataset"]
-    ev = cfg["eval"]
-    models = info.get("models", {})
-    acc = models.get("domain_classifier", {}).get("heldout_accuracy")
-    samplers = table[~table.method.str.startswith("anchor")]
-    out = [f"# flowbench run `{cfg['name']}`", ""]
-    out += [
+def _intro(run: Run, table: pd.DataFrame, samplers: pd.DataFrame) -> list[str]:
+    """Title, how it was measured, the main table and the anchors' note."""
+    info, cfg = run.info, run.config
+    env, ds, ev = info["environment"], info["dataset"], cfg["eval"]
+    acc = info.get("models", {}).get("domain_classifier", {}).get("heldout_accuracy")
+    return [
+        f"# flowbench run `{cfg['name']}`",
+        "",
         f"Measured on **{env['device_name']}** (`{env['device']}`, {env['torch_threads']} torch "
         f"threads), torch {env['torch_version']}, torch-fidelity {env['torch-fidelity_version']}, "
         f"git `{env['git_commit'][:12]}`{' (dirty)' if env['git_dirty'] else ''}. "
@@ -154,7 +140,11 @@ def render(run_dir: Path, links: str = "") -> str:
         + _memory_note(samplers),
         "",
     ]
-    out += [
+
+
+def _quality(run: Run, table: pd.DataFrame) -> list[str]:
+    unavailable = run.info.get("unavailable_metrics", {}).values()
+    return [
         "## Quality by feature extractor",
         "",
         "`domain`: the dataset's own classifier. `inception_offline`: the TorchScript port of the "
@@ -166,28 +156,34 @@ def render(run_dir: Path, links: str = "") -> str:
         "",
         md_table(table, QUALITY),
         "",
-        *[f"- **unavailable**: {msg}" for msg in info.get("unavailable_metrics", {}).values()],
+        *[f"- **unavailable**: {msg}" for msg in unavailable],
         "",
     ]
-    dvf = info.get("decode_vs_forward")
-    if dvf:
-        out += [
-            "## Is causal decoding a fair baseline?",
-            "",
-            f"At batch {dvf['batch']}, one full causal decode takes {dvf['decode_s'] * 1e3:.0f} ms"
-            f" and one parallel forward pass of the same flow {dvf['forward_s'] * 1e3:.0f} ms: "
-            f"a ratio of **{dvf['ratio']:.2f}x** (the median of the paired repeats' ratios; "
-            f"spreads {dvf['decode_spread']:.0%} and {dvf['forward_spread']:.0%}). With the "
-            f"key/value cache both do the same arithmetic; the ratio is the price of doing it one "
-            f"token at a time: every step multiplies {dvf['batch']}-row matrices and re-reads "
-            f"the cached keys and values."
-            + (f" The decode attended with {dvf['attention']}." if "attention" in dvf else ""),
-            "",
-            *_breakdown(dvf.get("profile_ms")),
-        ]
-    samplers_only = table[~table.method.str.startswith("anchor")]
+
+
+def _decode_vs_forward(dvf: dict | None) -> list[str]:
+    if not dvf:
+        return []
+    return [
+        "## Is causal decoding a fair baseline?",
+        "",
+        f"At batch {dvf['batch']}, one full causal decode takes {dvf['decode_s'] * 1e3:.0f} ms"
+        f" and one parallel forward pass of the same flow {dvf['forward_s'] * 1e3:.0f} ms: "
+        f"a ratio of **{dvf['ratio']:.2f}x** (the median of the paired repeats' ratios; "
+        f"spreads {dvf['decode_spread']:.0%} and {dvf['forward_spread']:.0%}). With the "
+        f"key/value cache both do the same arithmetic; the ratio is the price of doing it one "
+        f"token at a time: every step multiplies {dvf['batch']}-row matrices and re-reads "
+        f"the cached keys and values."
+        + (f" The decode attended with {dvf['attention']}." if "attention" in dvf else ""),
+        "",
+        *_breakdown(dvf.get("profile_ms")),
+    ]
+
+
+def _cost(run: Run, table: pd.DataFrame, samplers: pd.DataFrame) -> list[str]:
+    out = []
     if "flops_per_img" in table.columns:
-        peak = info.get("matmul_peak_gflop_s")
+        peak = run.info.get("matmul_peak_gflop_s")
         out += [
             "## Cost",
             "",
@@ -195,9 +191,10 @@ def render(run_dir: Path, links: str = "") -> str:
             f"forward and backward); the matmul peak of this machine, measured in this run with a "
             f"2048 x 2048 float32 product, is **{peak:.1f} GFLOP/s**.",
             "",
-            md_table(samplers_only, COST),
+            md_table(samplers, COST),
             "",
         ]
+    dvf = run.info.get("decode_vs_forward")
     if dvf and "decode_flops_per_img" in dvf:
         out += [
             f"A full causal decode does {dvf['decode_flops_per_img'] / 1e9:.3f} GFLOP per image "
@@ -207,39 +204,48 @@ def render(run_dir: Path, links: str = "") -> str:
             f"steps.",
             "",
         ]
-    sweep_path = run_dir / "sweep.csv"
-    if sweep_path.is_file():
-        sweep = pd.read_csv(sweep_path)
-        speedup_curve(sweep, run_dir / "speedup_vs_batch.png")
-        quality_vs_time(sweep, table, run_dir / "quality_vs_time.png")
-        order = list(dict.fromkeys(sweep["method"]))
-        wide = sweep.pivot(index="batch", columns="method", values="ms_per_img")[order]
-        speed = sweep.pivot(index="batch", columns="method", values="speedup_vs_tarflow")[order]
-        rows = [
-            [b, *[f"{wide.loc[b, m]:.2f} ({speed.loc[b, m]:.1f}x)" for m in wide.columns]]
-            for b in wide.index
-        ]
-        heads = ["batch", *[f"{label(m)}: ms/img (speedup)" for m in wide.columns]]
-        out += [
-            "## Speed against batch size",
-            "",
-            "Wall time per image at each batch size (median of repeats, samplers interleaved) "
-            "and the speedup over causal decoding at the same batch size.",
-            "",
-            tabulate(rows, heads, tablefmt="github", disable_numparse=True),
-            "",
-            f"![speedup against batch size]({links}speedup_vs_batch.png)",
-            f"![quality against time per image]({links}quality_vs_time.png)",
-            "",
-        ]
+    return out
+
+
+def _sweep(run: Run, links: str) -> list[str]:
+    """Time per image against batch size; the figures that exist in the run folder."""
+    sweep = run.sweep
+    if sweep.empty:
+        return []
+    order = list(dict.fromkeys(sweep["method"]))
+    wide = sweep.pivot(index="batch", columns="method", values="ms_per_img")[order]
+    speed = sweep.pivot(index="batch", columns="method", values="speedup_vs_tarflow")[order]
+    rows = [
+        [b, *[f"{wide.loc[b, m]:.2f} ({speed.loc[b, m]:.1f}x)" for m in wide.columns]]
+        for b in wide.index
+    ]
+    heads = ["batch", *[f"{label(m)}: ms/img (speedup)" for m in wide.columns]]
+    figures = [
+        f"![{alt}]({links}{name})" for name, alt in FIGURES.items() if (run.dir / name).is_file()
+    ]
+    return [
+        "## Speed against batch size",
+        "",
+        "Wall time per image at each batch size (median of repeats, samplers interleaved) "
+        "and the speedup over causal decoding at the same batch size.",
+        "",
+        tabulate(rows, heads, tablefmt="github", disable_numparse=True),
+        "",
+        *figures,
+        "",
+    ]
+
+
+def _likelihood(run: Run) -> list[str]:
+    info, ds = run.info, run.info["dataset"]
     lik = []
     if "bits_per_dim_heldout" in info:
         lik.append(
             f"- TarFlow bits/dim on the {ds['reference'] + ds['real_anchor']} held-out "
             f"images: **{info['bits_per_dim_heldout']:.3f}**. Dequantisation is the flow's own "
             f"training noise: the likelihood is that of x + sigma*eps with sigma="
-            f"{cfg['tarflow']['noise_std']} (pixels scaled to [-1, 1]), converted to 8-bit "
-            f"pixel units (+log2(127.5) per dimension)"
+            f"{run.config['tarflow']['noise_std']} (pixels scaled to [-1, 1]), converted to "
+            f"8-bit pixel units (+log2(127.5) per dimension)"
         )
     inv = info.get("biflow_inversion")
     if inv:
@@ -249,16 +255,18 @@ def render(run_dir: Path, links: str = "") -> str:
             f"{inv['rel_err_vs_clean']:.3f}"
         )
         if "rel_err_vs_exact_inverse_on_prior" in inv:
+            draws = f" ({inv['prior_draws']} draws)" if "prior_draws" in inv else ""
             lik.append(
-                f"- BiFlow against exact decoding on prior noise z ~ N(0, I)"
-                f"{' (' + str(inv['prior_draws']) + ' draws)' if 'prior_draws' in inv else ''}: "
+                f"- BiFlow against exact decoding on prior noise z ~ N(0, I){draws}: "
                 f"||G(z) - F^-1(z)|| / ||F^-1(z)|| = "
                 f"{inv['rel_err_vs_exact_inverse_on_prior']:.3f} (G's output is denoised, "
                 f"F^-1's is not)"
             )
-    if lik:
-        out += ["## Likelihood and inversion", "", *lik, ""]
-    out += ["## Samples", "", "The same seeds for every sampler.", ""]
+    return ["## Likelihood and inversion", "", *lik, ""] if lik else []
+
+
+def _samples(samplers: pd.DataFrame, links: str) -> list[str]:
+    out = ["## Samples", "", "The same seeds for every sampler.", ""]
     for r in samplers.to_dict("records"):
         out += [
             f"**{label(r['method'])}** (NFE {r['nfe']:.0f})",
@@ -266,6 +274,11 @@ def render(run_dir: Path, links: str = "") -> str:
             f"![{r['method']}]({links}{r['grid']})",
             "",
         ]
+    return out
+
+
+def _models_stages_config(run: Run) -> list[str]:
+    models = run.info.get("models", {})
     train_rows = [
         [
             k,
@@ -277,64 +290,57 @@ def render(run_dir: Path, links: str = "") -> str:
         ]
         for k, v in models.items()
     ]
-    out += [
+    heads = ["model", "source", "params", "steps", "train s", "final loss"]
+    stages = list(run.info.get("stages", {}).items())
+    return [
         "## Models",
         "",
-        pd.DataFrame(
-            train_rows, columns=["model", "source", "params", "steps", "train s", "final loss"]
-        ).to_markdown(index=False),
+        pd.DataFrame(train_rows, columns=heads).to_markdown(index=False),
         "",
-    ]
-    out += [
         "## Stages (wall time, s)",
         "",
-        pd.DataFrame(
-            list(info.get("stages", {}).items()), columns=["stage", "seconds"]
-        ).to_markdown(index=False),
+        pd.DataFrame(stages, columns=["stage", "seconds"]).to_markdown(index=False),
+        "",
+        "## Config",
+        "",
+        "```yaml",
+        (run.dir / "config.yaml").read_text().rstrip(),
+        "```",
         "",
     ]
-    out += ["## Config", "", "```yaml", (run_dir / "config.yaml").read_text().rstrip(), "```", ""]
-    return "\n".join(out)
 
 
-class IncompleteRunError(ValueError):
-    """The folder holds no finished run: its numbers must not be reported."""
-
-
-def check_complete(run_dir: Path) -> dict:
-    """run.json of a finished run; anything else (missing, interrupted, failed) is an error."""
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise IncompleteRunError(f"{run_dir}: not a run folder (no results.csv and run.json)")
-    try:
-        info = json.loads(path.read_text())
-    except ValueError as e:
-        raise IncompleteRunError(f"{path}: unreadable ({e})") from None
-    status = info.get("status")
-    if status != "complete":
-        why = {
-            "running": "the run was killed or is still running",
-            "interrupted": "the run was interrupted",
-            "failed": f"the run failed: {info.get('error', '?')}",
-        }.get(status, f"unknown status {status!r}")
-        raise IncompleteRunError(
-            f"{run_dir}: status {status!r} ({why}); finish it with "
-            f"python -m bench run CONFIG --resume {run_dir}"
-        )
-    if not (run_dir / "results.csv").is_file():
-        raise IncompleteRunError(f"{run_dir}: not a run folder (no results.csv and run.json)")
-    return info
+def render(run: Run, links: str = "") -> str:
+    """report.md of a finished run; ``links`` prefixes the figure and grid paths (for a report
+    written elsewhere than the run folder). Figures are linked where they exist; drawing them
+    is bench.plots.write_figures' job."""
+    table = run.results.assign(method=entry_names(run.results))  # samplers by their entry
+    samplers = table[~table.method.str.startswith("anchor")]
+    return "\n".join(
+        [
+            *_intro(run, table, samplers),
+            *_quality(run, table),
+            *_decode_vs_forward(run.info.get("decode_vs_forward")),
+            *_cost(run, table, samplers),
+            *_sweep(run, links),
+            *_likelihood(run),
+            *_samples(samplers, links),
+            *_models_stages_config(run),
+        ]
+    )
 
 
 def write(run_dir: Path, out: Path | None = None) -> Path:
-    """Write report.md into the run folder, or to ``out`` with figure links back into it."""
-    check_complete(run_dir)
+    """Write report.md of the finished run in ``run_dir`` (IncompleteRunError if it is not
+    one) into the run folder, or to ``out`` with links back into it; return its path. Writes
+    nothing else: the figures it links come from bench.plots.write_figures, run before."""
+    run = load_run(run_dir, NEED)
     if out is None:
         path, links = run_dir / "report.md", ""
     else:
         path = out
         links = Path(os.path.relpath(run_dir.resolve(), out.resolve().parent)).as_posix() + "/"
-    write_text(path, render(run_dir, links))
+    write_text(path, render(run, links))
     return path
 
 
@@ -342,11 +348,11 @@ def render_many(run_dirs: list[Path]) -> str:
     """One table across several run folders: each row names its run."""
     frames = []
     for d in run_dirs:
-        info = check_complete(d)
-        t = pd.read_csv(d / "results.csv")
+        run = load_run(d)
+        t = run.results.copy()
         t.insert(0, "run", d.name)
-        t.insert(1, "device_name", info["environment"]["device_name"])
+        t.insert(1, "device_name", run.info["environment"]["device_name"])
         frames.append(t)
     both = pd.concat(frames, ignore_index=True)
-    lead = [("run", "run"), ("device_name", "device")]
+    lead = [Column("run", "run"), Column("device_name", "device")]  # not results columns
     return "\n".join([f"# flowbench: {len(run_dirs)} runs", "", md_table(both, MAIN, lead), ""])

@@ -1,10 +1,10 @@
 """`bench stability CONFIG -k K`: run a config K times and measure how much each number moves.
 
 Thresholds of a regression gate must come from measured noise, not from hope. Every run goes to
-``OUT/run-i``; ``OUT/stability.csv`` holds, per sampler and metric, the K values' median, min,
-max and the largest relative deviation from the median, and ``OUT/stability.md`` the same as a
-table with the smallest ``compare`` thresholds that would have passed every run against every
-other.
+``OUT/run-i``; ``OUT/stability.csv`` holds, per row (method, variant, replicate: the row key of
+``bench.runfolder``) and metric, the K values' median, min, max and the largest relative
+deviation from the median, and ``OUT/stability.md`` the same as a table with the smallest
+``compare`` thresholds that would have passed every run against every other.
 """
 
 from __future__ import annotations
@@ -17,33 +17,48 @@ from tabulate import tabulate
 
 from bench.compare import METRICS
 from bench.config import BenchConfig
+from bench.runfolder import ROW_KEY, load_run
 from bench.runner import run
 from methods.atomic import write_text
 
-COLUMNS = ("method", "metric", "kind", "median", "min", "max", "max_rel_dev", "max_pair_ratio")
+COLUMNS = (*ROW_KEY, "metric", "kind", "median", "min", "max", "max_rel_dev", "max_pair_ratio")
+HEADERS = (
+    "sampler",
+    "variant",
+    "replicate",
+    "metric",
+    "kind",
+    "median",
+    "min",
+    "max",
+    "max rel dev",
+    "max/min",
+)
+
+
+def _values(tables: list[pd.DataFrame], key: tuple, column: str) -> list[float]:
+    """The runs' non-missing values of ``column`` in the row ``key`` (runs without it skipped)."""
+    vals = [float(t.at[key, column]) for t in tables if column in t.columns and key in t.index]
+    return [v for v in vals if not math.isnan(v)]
 
 
 def spreads(run_dirs: list[Path]) -> pd.DataFrame:
-    """Per (method, metric): median, min, max and max |x / median - 1| over the runs."""
-    tables = [pd.read_csv(d / "results.csv") for d in run_dirs]
+    """Per row (method, variant, replicate) of the first run and metric: median, min, max and
+    max |x / median - 1| over the runs."""
+    tables = [load_run(d).results.set_index(list(ROW_KEY)) for d in run_dirs]
     rows = []
-    for method in tables[0].method:
+    for key in tables[0].index:
         for m in METRICS:
-            vals = [
-                float(t.loc[t.method == method, m.column].iloc[0])
-                for t in tables
-                if m.column in t.columns and (t.method == method).any()
-            ]
-            vals = [v for v in vals if not math.isnan(v)]
+            vals = _values(tables, key, m.name)
             if not vals:
                 continue
             med = float(pd.Series(vals).median())
             dev = max(abs(v / med - 1) for v in vals) if med else 0.0
             rows.append(
-                {
-                    "method": method,
-                    "metric": m.column,
-                    "kind": m.kind,
+                dict(zip(ROW_KEY, key, strict=True))
+                | {
+                    "metric": m.name,
+                    "kind": m.gate,
                     "runs": len(vals),
                     "median": med,
                     "min": min(vals),
@@ -88,13 +103,13 @@ def stability(cfg: BenchConfig, config_path: Path, out: Path, k: int) -> Path:
     lines = [
         f"# flowbench stability: `{config_path}` x {k}",
         "",
-        "Per sampler and metric over the runs: `max rel dev` is the largest |x / median - 1|; "
-        "`max/min` the largest ratio between two runs (what a gate comparing one run against "
-        "another sees).",
+        "Per row (sampler, variant, replicate) and metric over the runs: `max rel dev` is the "
+        "largest |x / median - 1|; `max/min` the largest ratio between two runs (what a gate "
+        "comparing one run against another sees).",
         "",
         tabulate(
             table[[*COLUMNS]].values.tolist(),
-            ["sampler", "metric", "kind", "median", "min", "max", "max rel dev", "max/min"],
+            HEADERS,
             tablefmt="github",
             floatfmt=".4g",
         ),

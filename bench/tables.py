@@ -8,15 +8,16 @@ spread; every figure in it comes from results.csv.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
-from bench.report import IncompleteRunError, check_complete
+from bench.columns import Column, view
+from bench.runfolder import VARIANT_KEY, load_run
 from methods.atomic import write_text
 from methods.base import Factors
 
@@ -29,7 +30,7 @@ DENOISE_ORDER = ("learned", "score", "none")
 QUALITY = ("fid_domain", "is_domain", "kid_domain", "fid_inception_offline", "jacobi_rel_err")
 TIMING = ("latency_ms_b1", "throughput_img_s", "speedup_b1", "speedup_tput")
 COST = ("nfe", "sequential_steps", "params")  # deterministic per variant up to Jacobi stopping
-REQUIRED = ("method", "variant", "tables", "fid_domain")
+NEED = ("tables", "fid_domain")  # beyond the row key, which the run reader fills
 GAP = "Gap: FID of the row expected worse minus FID of the one expected better (+: as claimed)."
 SPREAD = (
     "Spread: the larger of the two rows' sample standard deviations of FID over replicates "
@@ -37,25 +38,6 @@ SPREAD = (
 )
 
 Row = Mapping[str, object]
-
-
-def load(run_dir: Path) -> tuple[pd.DataFrame, dict]:
-    """results.csv (one row per variant and replicate, plus anchors) and run.json's config."""
-    path = run_dir / "results.csv"
-    if not path.is_file():
-        raise IncompleteRunError(f"{path}: no such file; tables needs a finished run folder")
-    info = check_complete(run_dir)
-    try:
-        rows = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise IncompleteRunError(f"{path}: unreadable ({e})") from None
-    missing = [c for c in REQUIRED if c not in rows.columns]
-    if missing:
-        raise IncompleteRunError(
-            f"{path}: no column {', '.join(missing)} (a run from before variants and "
-            f"replicates?); rerun it with this version"
-        )
-    return rows, info.get("config", {})
 
 
 def _factor(value: object, name: str) -> str:
@@ -74,13 +56,9 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, variant) (anchors: per method; every listed method's variant is
     "default"), in order of first appearance. Quality: mean and sample std (ddof=1, NaN with one
     replicate); timings: median; NFE, steps, params: mean."""
-    rows = rows.assign(
-        method=rows["method"].astype(str),
-        variant=rows["variant"].astype(str),
-        replicate=rows.get("replicate", 0),
-    )
+    rows = rows.assign(method=rows["method"].astype(str), variant=rows["variant"].astype(str))
     out = []
-    for _, g in rows.groupby(["method", "variant"], sort=False):
+    for _, g in rows.groupby(list(VARIANT_KEY), sort=False):  # replicates: aggregated over
         first = g.iloc[0]
         member = {t.strip() for cell in g["tables"].dropna() for t in str(cell).split(",")}
         rec: dict[str, object] = {
@@ -125,41 +103,67 @@ def _nfe(value: object) -> str:
     return _f(value, "{:.0f}" if pd.isna(value) or float(value).is_integer() else "{:.1f}")
 
 
-Column = tuple[str, str, Callable[[Row], str]]  # (csv columns, markdown header, cell)
+HOW = ("text", "value", "count", "mean", "median", "spread")
 
 
-def _one(column: str, header: str, fmt: str, scale: float = 1.0) -> Column:
-    """A column of one number, divided by ``scale`` for display (e.g. params in millions)."""
-    return column, header, lambda r: _f(r[column] / scale, fmt)
+@dataclass(frozen=True)
+class Cell:
+    """One column of a tables.md table: a registered results column (bench.columns) as
+    aggregated over replicates. ``how``: "text" (as written: names, factors), "value" (a mean
+    kept under the column's own name, formatted: params), "count" (NFE: whole numbers as
+    integers, a mean that is not whole to 0.1), "mean", "median", "spread" (mean ± std)."""
+
+    column: Column
+    how: str  # one of HOW
+
+    def __post_init__(self) -> None:
+        if self.how not in HOW:
+            raise ValueError(f"cell {self.column.name}: how {self.how!r}; allowed: {HOW}")
+
+    @property
+    def keys(self) -> list[str]:
+        """The aggregated frame's (and the CSV's) columns this cell reads."""
+        name = self.column.name
+        return {
+            "mean": [f"{name}_mean"],
+            "median": [f"{name}_median"],
+            "spread": [f"{name}_mean", f"{name}_std"],
+        }.get(self.how, [name])
+
+    def render(self, r: Row) -> str:
+        value = r[self.keys[0]]
+        if self.how == "text":
+            return str(value)
+        if self.how == "count":
+            return _nfe(value)
+        if self.how == "spread":
+            return _pm(r, self.column.name, self.column.format)
+        return self.column.cell(value)
 
 
-def _spread(column: str, header: str) -> Column:
-    return f"{column}_mean,{column}_std", header, lambda r: _pm(r, column)
+def _cell(name: str, how: str) -> Cell:
+    return Cell(view(name), how)
 
 
-def _text(column: str, header: str) -> Column:
-    return column, header, lambda r: str(r[column])
-
-
-LEAD = [_text("method", "sampler"), _text("variant", "variant")]
-FID: list[Column] = [
-    _text("replicates", "R"),
-    ("nfe", "NFE", lambda r: _nfe(r["nfe"])),
-    _spread("fid_domain", "FID (domain)"),
-    _spread("is_domain", "IS (domain)"),
+LEAD = [_cell("method", "text"), _cell("variant", "text")]
+FID = [
+    _cell("replicates", "text"),
+    _cell("nfe", "count"),
+    _cell("fid_domain", "spread"),
+    _cell("is_domain", "spread"),
 ]
-JACOBI = _one("jacobi_rel_err_mean", "Jacobi rel. err", "{:.1e}")
-KID = _one("kid_domain_mean", "KID (domain)", "{:.3f}")
-FACTOR = {f: _text(f, f.replace("_", " ")) for f in FACTORS}
-SPECS: dict[str, list[Column]] = {
+JACOBI = _cell("jacobi_rel_err", "mean")
+KID = _cell("kid_domain", "mean")
+FACTOR = {f: _cell(f, "text") for f in FACTORS}
+SPECS: dict[str, list[Cell]] = {
     "main": [
         *LEAD,
         *FID,
-        _one("latency_ms_b1_median", "latency b=1 (ms/img)", "{:.1f}"),
-        _one("throughput_img_s_median", "throughput (img/s)", "{:.0f}"),
-        _one("speedup_b1_median", "speedup b=1", "{:.1f}x"),
-        _one("params", "params (M)", "{:.2f}", 1e6),
-        _spread("fid_inception_offline", "FID (inception_offline)"),
+        _cell("latency_ms_b1", "median"),
+        _cell("throughput_img_s", "median"),
+        _cell("speedup_b1", "median"),
+        _cell("params", "value"),
+        _cell("fid_inception_offline", "spread"),
     ],
     "reverse": [*LEAD, FACTOR["reverse"], FACTOR["denoise"], *FID, KID, JACOBI],
     "denoise": [*LEAD, FACTOR["reverse"], FACTOR["denoise"], *FID, KID],
@@ -167,22 +171,23 @@ SPECS: dict[str, list[Column]] = {
 }
 
 
-def _present(sub: pd.DataFrame, spec: list[Column]) -> list[Column]:
-    """The columns of ``spec`` that the rows measure (all of them for no rows)."""
-    return [c for c in spec if sub.empty or any(sub[k].notna().any() for k in c[0].split(","))]
+def _present(sub: pd.DataFrame, spec: list[Cell]) -> list[Cell]:
+    """The cells of ``spec`` that the rows measure (all of them for no rows)."""
+    return [c for c in spec if sub.empty or any(sub[k].notna().any() for k in c.keys)]
 
 
 def csv_frame(sub: pd.DataFrame, table: str) -> pd.DataFrame:
     """The machine-readable form of one table: raw numbers, means and stds in their own columns."""
-    cols = [k for c in _present(sub, SPECS[table]) for k in c[0].split(",")]
+    cols = [k for c in _present(sub, SPECS[table]) for k in c.keys]
     return sub[cols]
 
 
 def md_table(sub: pd.DataFrame, table: str) -> str:
     """The table in GitHub markdown, numbers formatted as in report.md."""
     cols = _present(sub, SPECS[table])
-    rows = [[cell(r) for _, _, cell in cols] for r in sub.to_dict("records")]
-    return tabulate(rows, [h for _, h, _ in cols], tablefmt="github", disable_numparse=True)
+    rows = [[c.render(r) for c in cols] for r in sub.to_dict("records")]
+    heads = [c.column.header for c in cols]
+    return tabulate(rows, heads, tablefmt="github", disable_numparse=True)
 
 
 def compare(better: Row, worse: Row) -> tuple[str, str]:
@@ -313,7 +318,7 @@ def render(
     """tables.md and the four CSV frames of one run's rows (``models``: run.json's model
     records, which say what the feature loss used)."""
     agg = aggregate(rows)
-    reps = rows["replicate"].nunique() if "replicate" in rows.columns else 1
+    reps = rows["replicate"].nunique()
     extractors = ", ".join(config.get("metrics", {}).get("extractors", ["domain"]))
     out = [
         f"# flowbench tables: run `{name}`",
@@ -350,10 +355,10 @@ def render(
 def write(run_dir: Path, out: Path | None = None) -> Path:
     """Write tables.md and main/reverse/denoise/ablations.csv (header only for an empty table)
     into ``out`` (default ``RUN_DIR/tables``); return the path of tables.md."""
-    rows, config = load(run_dir)
-    models = json.loads((run_dir / "run.json").read_text()).get("models") or {}
+    run = load_run(run_dir, NEED)
+    config, models = run.config, run.info.get("models") or {}
     out = run_dir / "tables" if out is None else out
-    text, frames = render(rows, config, str(config.get("name", run_dir.name)), models)
+    text, frames = render(run.results, config, str(config.get("name", run_dir.name)), models)
     for table, frame in frames.items():
         write_text(out / f"{table}.csv", frame.to_csv(index=False))
     write_text(out / "tables.md", text)

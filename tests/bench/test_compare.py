@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.compare import CompareError, compare, load_results
+from bench.compare import compare, load_results
 from bench.config import CompareConfig
+from bench.runfolder import IncompleteRunError
 
 BASELINE = Path(__file__).resolve().parents[2] / "results" / "ci-baseline"
 
@@ -86,7 +87,7 @@ def test_thresholds_come_from_the_config_and_the_command_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda tmp: tmp / "nothing", "no such file or run folder"),
+        (lambda tmp: tmp / "nothing", "not a run folder (no such file or folder)"),
         (lambda tmp: (tmp / "x.txt").write_text("a") and tmp / "x.txt", "expected a run folder"),
         (
             lambda tmp: (tmp / "bad.csv").write_text("a,b\n1,2\n") and tmp / "bad.csv",
@@ -124,7 +125,7 @@ def test_an_unfinished_run_is_not_compared(tmp_path, capsys):
     info = json.loads((new / "run.json").read_text())
     (new / "run.json").write_text(json.dumps({**info, "status": "running"}))
     code, out = run_compare(capsys, BASELINE, new)
-    assert code == 2 and "not complete (status 'running')" in out
+    assert code == 2 and "not complete: status 'running' (the run was killed or is" in out
 
 
 def test_a_missing_sampler_is_a_regression(tmp_path):
@@ -136,5 +137,5 @@ def test_a_missing_sampler_is_a_regression(tmp_path):
 def test_compare_rejects_a_results_file_with_duplicate_rows(tmp_path):
     t = pd.read_csv(BASELINE / "results.csv")
     pd.concat([t, t]).to_csv(tmp_path / "dup.csv", index=False)
-    with pytest.raises(CompareError, match="more than one row"):
+    with pytest.raises(IncompleteRunError, match="more than one row"):
         load_results(tmp_path / "dup.csv")

@@ -1,5 +1,6 @@
 """`bench stability`'s arithmetic: spreads over runs and the thresholds they call for."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,3 +30,34 @@ def test_spreads_and_the_thresholds_that_would_pass_every_pair(tmp_path):
     need = needed_thresholds(spreads(dirs))
     assert need["latency_rel"] == pytest.approx(0.3)
     assert need["fid_abs"] == pytest.approx(0.5)
+
+
+def synthetic_run(d: Path, fids: dict[tuple[str, int], float]) -> Path:
+    """A finished run folder whose biflow rows differ in variant and replicate."""
+    d.mkdir(parents=True)
+    rows = [
+        {"method": "biflow", "variant": v, "replicate": r, "fid_domain": fid, "nfe": 1.0}
+        for (v, r), fid in fids.items()
+    ]
+    pd.DataFrame(rows).to_csv(d / "results.csv", index=False)
+    (d / "run.json").write_text(json.dumps({"status": "complete", "config": {"name": "toy"}}))
+    return d
+
+
+def test_each_variant_and_replicate_gets_its_own_spread(tmp_path):
+    keys = [("biflow", 0), ("biflow_cfg", 0), ("biflow", 1), ("biflow_cfg", 1)]
+    base = {key: 10.0 * (i + 1) for i, key in enumerate(keys)}  # 10, 20, 30, 40
+    shifts = {key: 1.0 + i for i, key in enumerate(keys)}  # each row moves by its own amount
+    dirs = [
+        synthetic_run(tmp_path / f"run-{k}", {key: base[key] + k * shifts[key] for key in keys})
+        for k in range(3)
+    ]
+    table = spreads(dirs)
+    fid = table[table.metric == "fid_domain"].set_index(["method", "variant", "replicate"])
+    assert len(fid) == 4 and fid.index.is_unique
+    for variant, rep in keys:
+        row = fid.loc[("biflow", variant, rep)]
+        assert row["runs"] == 3
+        assert row["median"] == pytest.approx(base[(variant, rep)] + shifts[(variant, rep)])
+        assert row["max_abs_diff"] == pytest.approx(2 * shifts[(variant, rep)])
+    assert needed_thresholds(table)["fid_abs"] == pytest.approx(2 * 4.0)  # the worst row
