@@ -18,9 +18,7 @@ from typing import Any
 import yaml
 
 from methods.base import SamplingConfig
-from methods.biflow import BiFlowConfig
-from methods.tarflow import TarFlowConfig
-from methods.training import TrainConfig
+from methods.registry import sections as method_sections
 from methods.validate import FieldError, check
 
 
@@ -162,7 +160,12 @@ class CompareConfig:
 
 
 TABLES = ("main", "reverse", "denoise", "ablations")  # what `bench tables` writes
-VARIANT_SECTIONS = ("tarflow", "tarflow_train", "biflow", "biflow_train", "sampling")
+
+
+def variant_sections() -> tuple[str, ...]:
+    """Sections a variant may override: every method's own (models, training, a sampler's
+    options) and sampling."""
+    return (*method_sections(), "sampling")
 
 
 @dataclass(frozen=True)
@@ -183,11 +186,11 @@ class VariantConfig:
         if bad or not self.tables:
             raise FieldError("tables", list(self.tables), f"a list of {', '.join(TABLES)}")
         for key in self.overrides:
-            if str(key).split(".")[0] not in VARIANT_SECTIONS:
+            if str(key).split(".")[0] not in variant_sections():
                 raise FieldError(
                     "overrides",
                     key,
-                    "dotted keys in the sections " + ", ".join(VARIANT_SECTIONS),
+                    "dotted keys in the sections " + ", ".join(variant_sections()),
                 )
 
 
@@ -202,10 +205,10 @@ class BenchConfig:
     cache_dir: str = "checkpoints"  # checkpoint cache; relative to the config file
     save_every: int = 100  # training state saved every N steps, so --resume continues; 0 = off
     data: DataConfig = field(default_factory=DataConfig)
-    tarflow: TarFlowConfig = field(default_factory=TarFlowConfig)
-    tarflow_train: TrainConfig = field(default_factory=TrainConfig)
-    biflow: BiFlowConfig = field(default_factory=BiFlowConfig)
-    biflow_train: TrainConfig = field(default_factory=TrainConfig)
+    # The methods' own sections, declared in their modules (methods.registry.sections():
+    # tarflow, tarflow_train, biflow, biflow_train, jacobi, ...): top-level keys of the YAML,
+    # read as attributes (cfg.tarflow); absent ones take their defaults.
+    sections: dict[str, Any] = field(default_factory=dict)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -213,6 +216,15 @@ class BenchConfig:
     compare: CompareConfig = field(default_factory=CompareConfig)
 
     def __post_init__(self) -> None:
+        declared = method_sections()
+        unknown = sorted(set(self.sections) - set(declared))
+        if unknown:
+            raise FieldError("sections", unknown, "registered sections: " + ", ".join(declared))
+        full = {n: self.sections.get(n) or c() for n, c in declared.items()}
+        for n, value in full.items():
+            if not isinstance(value, declared[n]):
+                raise FieldError(n, value, f"a {declared[n].__name__}")
+        object.__setattr__(self, "sections", full)
         check(self, threads=(0, None), save_every=(0, None), replicates=(1, None))
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
             raise FieldError("device", self.device, "cpu, cuda, cuda:N or auto")
@@ -224,6 +236,16 @@ class BenchConfig:
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
             raise FieldError("variants", dup, "names unique among methods and variants")
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections")  # absent while unpickling
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__} has no field or section {name!r}")
+
+    def with_sections(self, **changed: Any) -> BenchConfig:
+        """A copy with some method sections replaced (``dataclasses.replace`` for sections)."""
+        return dataclasses.replace(self, sections={**self.sections, **changed})
 
 
 def _type_name(tp: Any) -> str:
@@ -255,6 +277,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    if cls is BenchConfig:  # the methods' sections sit at the top level too
+        declared = method_sections()
+        names = [n for n in names if n != "sections"] + list(declared)
+        secs = {
+            k: _build(declared[k], _mapping(k, v, declared[k]), f"{k}.")
+            for k, v in raw.items()
+            if k in declared
+        }
+        raw = {k: v for k, v in raw.items() if k not in declared}
+        if secs:
+            raw["sections"] = secs
+            hints = {**hints, "sections": dict}
+            names.append("sections")
     for key in raw:
         if key not in names:
             raise ConfigError(
@@ -266,6 +301,12 @@ def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
         return cls(**kwargs)
     except FieldError as e:
         raise ConfigError(f"{prefix}{e}") from None
+
+
+def _mapping(key: str, value: Any, tp: type) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: got {value!r}; allowed: a mapping of {tp.__name__} fields")
+    return value
 
 
 def parse_section(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
@@ -333,8 +374,15 @@ def variant_config(cfg: BenchConfig, index: int) -> BenchConfig:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """JSON-friendly dict of a config dataclass (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """JSON-friendly dict of a config dataclass (tuples become lists); a BenchConfig's method
+    sections at the top level, where the YAML has them."""
+    out = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    if isinstance(cfg, BenchConfig):
+        flat: dict[str, Any] = {}
+        for k, v in out.items():
+            flat.update(v if k == "sections" else {k: v})
+        out = flat
+    return out
 
 
 def config_hash(*parts: Any) -> str:

@@ -31,13 +31,12 @@ from torch import nn
 
 import methods
 from bench.config import BenchConfig, ConfigError, DataConfig
+from bench.cost import sampler_flops
 from bench.data import check_shape, mnist_digits
 from bench.flops import count_flops
-from bench.models import build_flow, build_reverse
-from bench.runner import sampler_flops
-from methods.base import DEFAULT_SAMPLING, SamplingConfig
-from methods.biflow import biflow_objective
-from methods.tarflow import TarFlow, nll_objective
+from bench.models import build, build_sampler
+from methods.base import DEFAULT_SAMPLING
+from methods.kinds import closure, kind, kinds
 from methods.training import train
 from methods.transformer import Layer
 
@@ -166,21 +165,16 @@ def _data_note(cfg: BenchConfig, base: Path) -> str:
 
 
 def _copy_config(cfg: BenchConfig) -> BenchConfig:
-    """One flow block of one layer, a reverse model of one stage of one layer: same shapes."""
-    return replace(
-        cfg, tarflow=replace(cfg.tarflow, blocks=1, depth=1), biflow=replace(cfg.biflow, depth=1)
-    )
+    """Each model kind shrunk as it declares (e.g. one flow block of one layer): same shapes."""
+    return cfg.with_sections(**{k.section: k.shrink(k.section_of(cfg)) for k in kinds()})
 
 
-def _build(cfg: BenchConfig, shape: tuple[int, int], needs: set[str], device: str):
-    unknown = needs - {"flow", "reverse"}
-    if unknown:
-        raise ConfigError(f"methods: the dry run cannot build {sorted(unknown)}")
+def _build(cfg: BenchConfig, shape: tuple[int, int], needs: list[str], device: str):
+    """The models of the kinds ``needs`` (dependencies first), untrained, on ``device``."""
+    models: dict[str, nn.Module] = {}
     with torch.device(device):
-        flow = build_flow(cfg, *shape)
-        models: dict[str, nn.Module] = {"flow": flow}
-        if "reverse" in needs:
-            models["reverse"] = build_reverse(cfg, flow)
+        for k in closure(needs):
+            models[k.name] = build(k, cfg, shape, {n: models[n] for n in k.needs})
     return models
 
 
@@ -188,49 +182,36 @@ def _layers(models: list[nn.Module]) -> int:
     return sum(isinstance(m, Layer) for model in models for m in model.modules())
 
 
-def _forward_flops(name: str, model: nn.Module, flow: TarFlow) -> int:
+def _forward_flops(name: str, models: dict[str, nn.Module]) -> int:
     """FLOPs of one forward pass of one image (on the model's device; meta: no compute)."""
-    dev = next(model.parameters()).device
-    if name == "flow":
-        x = torch.zeros(1, flow.channels, flow.image_size, flow.image_size, device=dev)
-    else:
-        x = torch.zeros(1, flow.tokens, flow.dim, device=dev)
-    y = torch.zeros(1, dtype=torch.long, device=dev) if getattr(model, "num_classes", 0) else None
+    args, kwargs = kind(name).example(models[name], models)
     with torch.no_grad():
-        return count_flops(lambda: model(x) if y is None else model(x, y=y))
+        return count_flops(lambda: models[name](*args, **kwargs))
 
 
 def _count(name: str, models: dict[str, nn.Module], cfg_name: str) -> ModelCount:
     m = models[name]
     total = sum(p.numel() for p in m.parameters())
-    heads = m.training_only_params() if name == "reverse" else 0
+    heads = m.training_only_params() if hasattr(m, "training_only_params") else 0
     return ModelCount(
         name,
         total - heads,
         heads,
         _layers([m]),
-        _forward_flops(name, m, models["flow"]),
+        _forward_flops(name, models),
         PUBLISHED.get(cfg_name, {}).get(name),
     )
 
 
 def _train_step(name: str, models: dict[str, nn.Module], cfg: BenchConfig, data) -> float:
     """Seconds of one step of the training loop ``bench run`` uses, at batch 2."""
+    k = kind(name)
     model = models[name].train().requires_grad_(True)
-    if name == "flow":
-        objective, tcfg = nll_objective(cfg.tarflow.noise_std), cfg.tarflow_train
-    else:
-        models["flow"].eval().requires_grad_(False)
-        features = None
-        if cfg.biflow.feature_weight:  # an untrained stand-in of the feature network's shape
-            from bench.metrics import DomainNet, DomainSpec
-
-            flow = models["flow"]
-            spec = DomainSpec(flow.channels, flow.image_size, 10, cfg.classifier.width)
-            features = DomainNet(spec).body.eval().requires_grad_(False)
-        objective, tcfg = biflow_objective(models["flow"], features), cfg.biflow_train
-    one = replace(tcfg, steps=1, batch_size=2, warmup_steps=0)
-    n = cfg.tarflow.num_classes
+    for n in k.needs:
+        models[n].eval().requires_grad_(False)
+    objective = k.objective(cfg, {n: models[n] for n in k.needs}, _StandIns(data.shape))
+    one = replace(k.train_of(cfg), steps=1, batch_size=2, warmup_steps=0)
+    n = k.classes(cfg)
     labels = torch.arange(len(data)) % n if n else None  # stand-in labels: the shapes matter
     t0 = time.perf_counter()
     train(model, objective, data, one, f"dry run: {name}", torch.device("cpu"), labels=labels)
@@ -238,8 +219,21 @@ def _train_step(name: str, models: dict[str, nn.Module], cfg: BenchConfig, data)
     return time.perf_counter() - t0
 
 
-def _sampler(cls, models: dict[str, nn.Module], sampling: SamplingConfig):
-    return cls.from_models({n: models[n] for n in cls.needs}, torch.device("cpu"), sampling)
+class _StandIns:
+    """Services of a training objective in the dry run: untrained networks of the right shape."""
+
+    def __init__(self, shape: torch.Size) -> None:
+        self.channels, self.size = shape[1], shape[2]
+
+    def feature_net(self, cfg: BenchConfig) -> nn.Module:
+        from bench.metrics import DomainNet, DomainSpec
+
+        spec = DomainSpec(self.channels, self.size, 10, cfg.classifier.width)
+        return DomainNet(spec).body.eval().requires_grad_(False)
+
+
+def _sampler(cls, models: dict[str, nn.Module], cfg: BenchConfig):
+    return build_sampler(cls, models, torch.device("cpu"), cfg)
 
 
 def _own(sampler, models: dict[str, nn.Module]) -> list[str]:
@@ -251,15 +245,16 @@ def _own(sampler, models: dict[str, nn.Module]) -> list[str]:
 class _Steps:
     """Runs each step on the copy, then at full size while the estimates fit the budget."""
 
-    def __init__(self, cfg: BenchConfig, shape: tuple[int, int], needs: set[str], full) -> None:
+    def __init__(self, cfg: BenchConfig, shape: tuple[int, int], needs: list[str], full) -> None:
         self.cfg, self.shape, self.needs, self.full = cfg, shape, needs, full
         self.copy_cfg = _copy_config(cfg)
         self.copies = _build(self.copy_cfg, shape, needs, "cpu")
         self.full_cpu: dict[str, nn.Module] = {}  # built only when a step runs at full size
-        self.is_full = {"flow": self.copy_cfg.tarflow == cfg.tarflow}
-        self.is_full["reverse"] = self.is_full["flow"] and self.copy_cfg.biflow == cfg.biflow
+        self.is_full: dict[str, bool] = {}  # a copy that is the full model (and its needs too)
+        for k in closure(needs):
+            same = k.section_of(self.copy_cfg) == k.section_of(cfg)
+            self.is_full[k.name] = same and all(self.is_full[n] for n in k.needs)
         self.budget = FULL_SIZE_BUDGET_S
-        self.sampling = cfg.sampling.for_device(torch.device("cpu"))
         g = torch.Generator().manual_seed(0)
         c, size = shape
         self.data = torch.randint(0, 256, (2, c, size, size), dtype=torch.uint8, generator=g)
@@ -281,21 +276,22 @@ class _Steps:
         return copy_s, full_s, est
 
     def train(self, name: str) -> Step:
-        involved = ["flow"] if name == "flow" else ["flow", "reverse"]
+        involved = [k.name for k in closure([name])]
         times = self._timed(involved, involved, lambda ms, c: _train_step(name, ms, c, self.data))
         return Step("train", name, *times)
 
     def sample(self, cls, copy_fwd: dict[str, int], full_fwd: dict[str, int]) -> Step:
-        sampler = _sampler(cls, self.copies, self.sampling)
+        sampler = _sampler(cls, self.copies, self.copy_cfg)
         own = _own(sampler, self.copies)
         flops = sampler_flops(sampler, [0, 1])
-        flops = round(flops * sum(full_fwd[n] for n in own) / sum(copy_fwd[n] for n in own))
+        if own:  # a sampler that runs no trained model is its own full size
+            flops = round(flops * sum(full_fwd[n] for n in own) / sum(copy_fwd[n] for n in own))
         nfe: list[int] = []
 
         def run(models: dict[str, nn.Module], cfg: BenchConfig) -> float:
             for m in models.values():
                 m.eval().requires_grad_(False)
-            res = _sampler(cls, models, self.sampling).sample([cfg.eval.seed], 1)
+            res = _sampler(cls, models, cfg).sample([cfg.eval.seed], 1)
             c, size = self.shape
             if res.images.shape != (1, c, size, size) or res.images.dtype != torch.uint8:
                 raise RuntimeError(f"{cls.name}: sampled {res.images.shape} {res.images.dtype}")
@@ -303,7 +299,7 @@ class _Steps:
             return res.wall_s
 
         times = self._timed(list(cls.needs), own, run)
-        params = _sampler(cls, self.full, DEFAULT_SAMPLING).num_params()
+        params = _sampler(cls, self.full, replace(self.cfg, sampling=DEFAULT_SAMPLING)).num_params()
         return Step("sample", cls.name, *times, params, nfe[-1], flops)
 
     def note(self) -> str:
@@ -325,7 +321,7 @@ def dry_run(cfg: BenchConfig, config_path: Path | None) -> DryRun:
     t_start = time.perf_counter()
     base = config_path.resolve().parent if config_path else Path.cwd()
     classes = [methods.get(m) for m in cfg.methods]  # unknown names fail here
-    needs = {"flow"} | {n for c in classes for n in c.needs}
+    needs = [k.name for k in closure(["flow", *(n for c in classes for n in c.needs)])]
     channels, size = _shape(cfg.data)
     if size % cfg.tarflow.patch_size:
         raise ConfigError(
@@ -345,13 +341,13 @@ def dry_run(cfg: BenchConfig, config_path: Path | None) -> DryRun:
         flow.dim,
         torch.get_num_threads(),
     )
-    out.models = [_count(n, full, cfg.name) for n in ("flow", "reverse") if n in needs]
+    out.models = [_count(n, full, cfg.name) for n in needs]
     if out.ok:  # a config that is not the size it claims stops here, before any slow work
         steps = _Steps(cfg, (channels, size), needs, full)
         copy_meta = _build(steps.copy_cfg, (channels, size), needs, "meta")
-        copy_fwd = {n: _forward_flops(n, m, copy_meta["flow"]) for n, m in copy_meta.items()}
+        copy_fwd = {n: _forward_flops(n, copy_meta) for n in copy_meta}
         full_fwd = {m.name: m.forward_flops for m in out.models}
-        out.steps = [steps.train(n) for n in ("flow", "reverse") if n in needs]
+        out.steps = [steps.train(n) for n in needs]
         out.steps += [steps.sample(cls, copy_fwd, full_fwd) for cls in classes]
         out.copy_note = steps.note()
     out.seconds = time.perf_counter() - t_start
@@ -375,7 +371,7 @@ def _s(x: float | None) -> str:
 
 def render(r: DryRun) -> str:
     """The dry run's printout: models and published sizes, then every step that ran."""
-    names = {"flow": "tarflow F", "reverse": "biflow reverse G"}
+    names = {k.name: k.label for k in kinds()}
     c, h, w = r.shape
     lines = [
         f"dry run of {r.name!r} ({r.config_path}): CPU, {r.threads} thread"

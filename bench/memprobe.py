@@ -21,7 +21,7 @@ import torch
 import methods
 from bench.config import load_config
 from bench.data import Splits
-from bench.models import ModelStore
+from bench.models import ModelStore, build_sampler
 from bench.timing import peak_memory, proc_status_mb
 from bench.variants import entries
 
@@ -37,8 +37,7 @@ def main(argv: list[str]) -> int:
     (entry,) = [e for e in entries(cfg) if e.key == key]
     cls = methods.get(entry.method)
     models = {n: store.get(n, entry.cfg) for n in cls.needs}
-    sampling = entry.cfg.sampling.for_device(torch.device("cpu"))
-    sampler = cls.from_models(models, torch.device("cpu"), sampling)
+    sampler = build_sampler(cls, models, torch.device("cpu"), entry.cfg)
     sampler.first_calls([0, 1])  # lazy initialisation and compilation, not measured
     seeds = list(range(int(batch)))
     with peak_memory(torch.device("cpu")) as mem:

@@ -1,8 +1,11 @@
-"""Train each model once, or load it from a checkpoint cache keyed by the config that made it."""
+"""Train each model once, or load it from a checkpoint cache keyed by the config that made it.
+
+Every kind of network is declared in its method's module (:mod:`methods.kinds`); the store only
+loops over what a sampler needs."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass, replace
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
@@ -11,32 +14,26 @@ from torch import nn
 from bench.config import BenchConfig, ClassifierConfig, ConfigError, config_hash
 from bench.data import DataError, Splits
 from methods import checkpoint, dist
-from methods.biflow import ReverseModel, biflow_objective
-from methods.tarflow import TarFlow, nll_objective
+from methods.base import Sampler
+from methods.biflow import feature_classifier_config
+from methods.kinds import ModelKind, kind
 from methods.training import train
 
 # Bump when a change to the code makes old checkpoints of the same config mean something else.
 CODE_VERSION = 1
 
 
-def build_flow(cfg: BenchConfig, channels: int, image_size: int) -> TarFlow:
-    """The configured TarFlow, initialised as its training starts (``tarflow_train.seed``)."""
-    torch.manual_seed(cfg.tarflow_train.seed)
-    return TarFlow(cfg.tarflow, channels, image_size)
+def build(k: ModelKind, cfg: BenchConfig, shape: tuple[int, int], deps: dict) -> nn.Module:
+    """The model of kind ``k`` initialised as its training starts (its training seed)."""
+    torch.manual_seed(k.train_of(cfg).seed)
+    return k.build(cfg, shape, deps)
 
 
-def build_reverse(cfg: BenchConfig, flow: TarFlow) -> ReverseModel:
-    """BiFlow's reverse model for ``flow``, initialised as its training starts."""
-    torch.manual_seed(cfg.biflow_train.seed)
-    n = cfg.tarflow.num_classes
-    return ReverseModel(cfg.biflow, flow.tokens, flow.dim, cfg.tarflow.blocks, n)
-
-
-def feature_classifier_config(cfg: BenchConfig) -> ClassifierConfig:
-    """The network of BiFlow's feature loss: a CNN trained like the domain classifier but
-    narrower and from another seed, so the loss never optimises the network that scores FID."""
-    c = cfg.classifier
-    return replace(c, width=max(8, c.width * 2 // 3), seed=c.seed + 1)
+def build_sampler(cls: type[Sampler], models: dict, device: torch.device, cfg: BenchConfig):
+    """The sampler ``cls`` of ``cfg`` on ``device``, from the trained models it needs."""
+    options = getattr(cfg, cls.options[0]) if cls.options else None
+    sampling = cfg.sampling.for_device(device)
+    return cls.from_models({n: models[n] for n in cls.needs}, device, sampling, options)
 
 
 class ModelStore:
@@ -61,58 +58,75 @@ class ModelStore:
         self._models: dict[str, nn.Module] = {}
 
     def get(self, name: str, cfg: BenchConfig | None = None) -> nn.Module:
-        """The trained model ``name`` ("flow" or "reverse") of ``cfg`` (default: the run's); a
-        model several configs share is trained or loaded once."""
+        """The trained model of kind ``name`` ("flow", "reverse", ...) of ``cfg`` (default: the
+        run's), after the models it needs; a model several configs share is obtained once."""
         cfg = cfg or self.cfg
-        key = self._model_key(name, cfg)
+        key = self.key(name, cfg)
         if key not in self._models:
-            build = {"flow": self._flow, "reverse": self._reverse}[name]
-            self._models[key] = build(cfg, key)
+            self._models[key] = self._obtain(kind(name), cfg, key)
         return self._models[key]
 
     def loaded(self, name: str, cfg: BenchConfig | None = None) -> bool:
         """Whether this run has already trained or loaded the model ``name`` of ``cfg``."""
-        return self._model_key(name, cfg or self.cfg) in self._models
+        return self.key(name, cfg or self.cfg) in self._models
 
-    def _model_key(self, name: str, cfg: BenchConfig) -> str:
-        return self._flow_key(cfg) if name == "flow" else self._reverse_key(cfg)
+    def key(self, name: str, cfg: BenchConfig) -> str:
+        """Cache key of the model ``name`` of ``cfg``: its kind, the data, the keys of the
+        models it needs, its sections and what else its weights depend on."""
+        k = kind(name)
+        parts = [self.key(n, cfg) for n in k.needs]
+        parts += [k.section_of(cfg), k.train_of(cfg), *k.key_extra(cfg)]
+        return self._key(k.checkpoint, *parts)
 
     def _shape(self) -> dict[str, int]:
         return {"channels": self.splits.channels, "image_size": self.splits.image_size}
 
-    def _key(self, kind: str, *parts: object) -> str:
+    def _key(self, kind_name: str, *parts: object) -> str:
         data = asdict(self.cfg.data)
         # The expected shape only checks the data (the actual shape is part of the key), so
         # configs that state it share checkpoints with those that do not.
         for check_only in ("image_size", "channels"):
             data.pop(check_only)
         parts = tuple(checkpoint.described(p) if is_dataclass(p) else p for p in parts)
-        return f"{kind}-{config_hash(kind, CODE_VERSION, data, self._shape(), *parts)}"
+        return f"{kind_name}-{config_hash(kind_name, CODE_VERSION, data, self._shape(), *parts)}"
 
     def _may_load(self, path: Path) -> bool:
         return not self.retrain or str(path) in self.made_by_this_run
 
-    def _state_path(self, key: str) -> Path:
-        """Where training of ``key`` keeps its resumable state until the checkpoint is saved."""
-        return self.cache_dir / f"{key}.train-state.pt"
-
-    def _obtain(self, kind: str, key: str, model: nn.Module, spec: dict, fit) -> nn.Module:
+    def _obtain(self, k: ModelKind, cfg: BenchConfig, key: str) -> nn.Module:
+        deps = {n: self.get(n, cfg) for n in k.needs}
+        shape = (self.splits.channels, self.splits.image_size)
+        model = build(k, cfg, shape, deps)
+        spec = k.spec(cfg, shape, deps, {n: self.key(n, cfg) for n in k.needs})
         path = self.cache_dir / f"{key}.pt"
-        state = self._state_path(key)
         # Under torchrun rank 0 decides; every rank then trains (DDP) or loads alike.
         if dist.broadcast(path.exists() and self._may_load(path)):
-            meta = checkpoint.load(path, kind, spec, model, key=key)
+            meta = checkpoint.load(path, k.checkpoint, spec, model, key=key)
             source = "cache"
         elif not self.train_allowed:
-            raise FileNotFoundError(f"{path}: no cached {kind} checkpoint, and training is off")
+            raise FileNotFoundError(
+                f"{path}: no cached {k.checkpoint} checkpoint, and training is off"
+            )
         else:
-            meta = fit(state)
+            state = self.cache_dir / f"{key}.train-state.pt"  # resumable until the checkpoint
+            model.to(self.device)
+            meta = train(
+                model,
+                k.objective(cfg, deps, self),
+                self.splits.train,
+                k.train_of(cfg),
+                k.title,
+                self.device,
+                state,
+                cfg.save_every,
+                self._labels(k, cfg),
+            )
             if dist.is_main():
-                checkpoint.save(path, kind, spec, model, meta, key=key)
+                checkpoint.save(path, k.checkpoint, spec, model, meta, key=key)
                 state.unlink(missing_ok=True)
             source = "trained"
         self.records[key] = {
-            "kind": kind,
+            "kind": k.checkpoint,
             "source": source,
             "checkpoint": str(path),
             "params": sum(p.numel() for p in model.parameters()),
@@ -121,9 +135,9 @@ class ModelStore:
         }
         return model.to(self.device).eval().requires_grad_(False)
 
-    def _labels(self, cfg: BenchConfig) -> torch.Tensor | None:
-        """Training labels for class-conditional models (checked against tarflow.num_classes)."""
-        n = cfg.tarflow.num_classes
+    def _labels(self, k: ModelKind, cfg: BenchConfig) -> torch.Tensor | None:
+        """Training labels of a class-conditional model (checked against the data's classes)."""
+        n = k.classes(cfg)
         if not n:
             return None
         labels = self.splits.train_labels
@@ -138,65 +152,6 @@ class ModelStore:
                 f"tarflow.num_classes: got {n}; allowed: 0 or {found} (the classes of the data)"
             )
         return labels
-
-    def _flow(self, cfg: BenchConfig, key: str) -> TarFlow:
-        flow = build_flow(cfg, self.splits.channels, self.splits.image_size)
-        spec = checkpoint.spec_of(cfg.tarflow, **self._shape())
-
-        def fit(state: Path) -> dict:
-            flow.to(self.device)
-            return train(
-                flow,
-                nll_objective(cfg.tarflow.noise_std),
-                self.splits.train,
-                cfg.tarflow_train,
-                "tarflow",
-                self.device,
-                state,
-                cfg.save_every,
-                self._labels(cfg),
-            )
-
-        return self._obtain("tarflow", key, flow, spec, fit)
-
-    def _flow_key(self, cfg: BenchConfig | None = None) -> str:
-        cfg = cfg or self.cfg
-        return self._key("tarflow", cfg.tarflow, cfg.tarflow_train)
-
-    def _reverse_key(self, cfg: BenchConfig) -> str:
-        parts = [self._flow_key(cfg), cfg.biflow, cfg.biflow_train]
-        if cfg.biflow.feature_weight:
-            parts.append(feature_classifier_config(cfg))
-        return self._key("biflow", *parts)
-
-    def _reverse(self, cfg: BenchConfig, key: str) -> ReverseModel:
-        flow = self.get("flow", cfg)
-        g = build_reverse(cfg, flow)
-        spec = checkpoint.spec_of(
-            cfg.biflow,
-            tokens=flow.tokens,
-            dim=flow.dim,
-            flow_blocks=cfg.tarflow.blocks,
-            flow=self._flow_key(cfg),
-            **({"num_classes": cfg.tarflow.num_classes} if cfg.tarflow.num_classes else {}),
-        )
-
-        def fit(state: Path) -> dict:
-            g.to(self.device)
-            features = self.feature_net(cfg) if cfg.biflow.feature_weight else None
-            return train(
-                g,
-                biflow_objective(flow, features),
-                self.splits.train,
-                cfg.biflow_train,
-                "biflow reverse",
-                self.device,
-                state,
-                cfg.save_every,
-                self._labels(cfg),
-            )
-
-        return self._obtain("biflow", key, g, spec, fit)
 
     def feature_net(self, cfg: BenchConfig) -> nn.Module:
         """The frozen feature network of BiFlow's feature loss: images in [-1, 1] -> features

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import torch
-
-from bench.config import BenchConfig, variant_config
+import methods
+from bench.config import BenchConfig, ConfigError, variant_config
+from bench.environment import resolve_device
+from methods.kinds import kinds
 
 
 @dataclass(frozen=True)
@@ -26,17 +27,14 @@ class Entry:
 
 
 def replicate_config(cfg: BenchConfig, r: int) -> BenchConfig:
-    """Replicate ``r``: both training seeds + r, and scored images drawn from seeds shifted by
-    r x eval.num_samples (disjoint from every other replicate's)."""
+    """Replicate ``r``: every model kind's training seed + r, and scored images drawn from seeds
+    shifted by r x eval.num_samples (disjoint from every other replicate's)."""
     if r == 0:
         return cfg
+    trains = {k.train_section for k in kinds()}
+    seeds = {n: replace(getattr(cfg, n), seed=getattr(cfg, n).seed + r) for n in trains}
     ev = cfg.eval
-    return replace(
-        cfg,
-        tarflow_train=replace(cfg.tarflow_train, seed=cfg.tarflow_train.seed + r),
-        biflow_train=replace(cfg.biflow_train, seed=cfg.biflow_train.seed + r),
-        eval=replace(ev, seed=ev.seed + r * ev.num_samples),
-    )
+    return replace(cfg.with_sections(**seeds), eval=replace(ev, seed=ev.seed + r * ev.num_samples))
 
 
 def entries(cfg: BenchConfig) -> list[Entry]:
@@ -55,24 +53,12 @@ def entries(cfg: BenchConfig) -> list[Entry]:
 
 
 def check_choices(todo: list[Entry]) -> None:
-    """Sampling choices the entry's models could not honour, refused before any training."""
-    from bench.config import ConfigError
-    from bench.runner import resolve_device
-    from methods import get
-    from methods.tarflow import guidance_error
-    from methods.transformer import native_problem
-
+    """Choices an entry's sampler could not honour (its ``problems``), refused before any
+    training, with the entry's key and the first problem."""
     for e in todo:
-        c = e.cfg
-        gmax = c.biflow.guidance_max if "reverse" in get(e.method).needs else None
-        if problem := guidance_error(c.sampling.guidance, c.tarflow.num_classes, gmax):
-            raise ConfigError(f"{e.key}: {problem}")
-        if c.sampling.decode_kernel == "native" and "flow" in get(e.method).needs:
-            dtype = torch.bfloat16 if c.sampling.precision == "bf16" else torch.float32
-            head_dim = c.tarflow.width // c.tarflow.heads
-            device = resolve_device(c.device)
-            if problem := native_problem(device, dtype, head_dim, c.sampling.compile):
-                raise ConfigError(f"{e.key}: sampling.decode_kernel: native cannot run: {problem}")
+        device = resolve_device(e.cfg.device)
+        if problems := methods.get(e.method).problems(e.cfg, device):
+            raise ConfigError(f"{e.key}: {problems[0]}")
 
 
 def causal_baseline(e: Entry, todo: list[Entry]) -> str:

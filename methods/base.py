@@ -19,7 +19,8 @@ from methods.validate import FieldError, check
 @dataclass(frozen=True)
 class SamplingConfig:
     """How the trained models are sampled: implementation switches (which must not change the
-    images beyond rounding), then the sampling choices that do (guidance, Jacobi tolerance)."""
+    images beyond rounding), then guidance, which does. Options of one sampler alone live in
+    that sampler's own section (:attr:`Sampler.options`)."""
 
     kv_cache: bool = True  # causal decoding with a key/value cache; off: recompute the prefix
     precision: str = "fp32"  # fp32, or bf16 (torch.autocast around every sampling call)
@@ -29,9 +30,6 @@ class SamplingConfig:
     decode_kernel: str = "auto"
     cuda_graphs: bool = False  # with compile, on CUDA: mode="reduce-overhead" (CUDA graphs)
     guidance: float = 0.0  # classifier-free guidance scale w (class-conditional models); 0 = off
-    jacobi_tol: float = 1e-3  # tarflow_jacobi: stop a block when no value changes more than this
-    jacobi_max_iters: int = 0  # tarflow_jacobi: iteration cap per block; 0 = T - 1 (exact)
-    jacobi_segment: int = 0  # tarflow_jacobi: tokens solved at a time; 0 = all at once
 
     def __post_init__(self) -> None:
         check(
@@ -39,9 +37,6 @@ class SamplingConfig:
             precision=("fp32", "bf16"),
             decode_kernel=KERNELS,
             guidance=(0, None),
-            jacobi_tol=(0, None),
-            jacobi_max_iters=(0, None),
-            jacobi_segment=(0, None),
         )
         if self.cuda_graphs and not self.compile:
             raise FieldError("cuda_graphs", True, "true only with sampling.compile: true")
@@ -203,7 +198,10 @@ class Sampler(ABC):
                 m.forward = torch.compile(m.forward, mode=mode, dynamic=True)
             m._flowbench_compiled = True
 
-    needs: tuple[str, ...] = ()  # trained models from_models expects, by name ("flow", ...)
+    needs: tuple[str, ...] = ()  # model kinds from_models expects, by name (methods.kinds)
+    # The sampler's own config section, (name, frozen dataclass), handed to from_models as
+    # ``options``; None: it reads only the shared sections.
+    options: tuple[str, type] | None = None
 
     @classmethod
     @abstractmethod
@@ -212,8 +210,16 @@ class Sampler(ABC):
         models: dict[str, nn.Module],
         device: torch.device,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
+        options: object = None,
     ) -> Sampler:
-        """Build the sampler from the trained models named in ``needs``."""
+        """Build the sampler from the trained models named in ``needs`` (and its own config
+        section's value, when it declares one)."""
+
+    @classmethod
+    def problems(cls, cfg: object, device: torch.device) -> list[str]:
+        """What in ``cfg`` (the run's config, read by section) this sampler could not honour,
+        found before any training: one line each, naming the field. None by default."""
+        return []
 
     @abstractmethod
     def networks(self) -> list[nn.Module]:

@@ -8,14 +8,17 @@ compared with the clean x. Sampling is x = G(z) with z ~ N(0, I): one network ev
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import dist
+from methods import checkpoint, dist
 from methods.base import DEFAULT_SAMPLING, Factors, Sampler, SamplingConfig
+from methods.kinds import ModelKind, Models, Services, Shape, register_kind
 from methods.registry import register
 from methods.score_denoise import tweedie_step
 from methods.tarflow import TarFlow, guidance_error
@@ -262,8 +265,14 @@ class BiFlowSampler(Sampler):
         models: dict[str, nn.Module],
         device: torch.device,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
+        options: object = None,
     ) -> BiFlowSampler:
         return cls(models["reverse"], models["flow"], device, sampling)
+
+    @classmethod
+    def problems(cls, cfg: Any, device: torch.device) -> list[str]:
+        w, n, gmax = cfg.sampling.guidance, cfg.tarflow.num_classes, cfg.biflow.guidance_max
+        return [p] if (p := guidance_error(w, n, gmax)) else []
 
     def networks(self) -> list[nn.Module]:
         return [self.g]
@@ -321,3 +330,64 @@ class BiFlowScoreSampler(BiFlowSampler):
 
 # What the feature loss compares (bench.models trains it; the report says which it is).
 FEATURE_NET = "independent CNN"
+
+
+def feature_classifier_config(cfg: Any) -> Any:
+    """The network of the feature loss: a CNN trained like the domain classifier
+    (``cfg.classifier``) but narrower and from another seed, so the loss never optimises the
+    network that scores FID."""
+    c = cfg.classifier
+    return replace(c, width=max(8, c.width * 2 // 3), seed=c.seed + 1)
+
+
+def _reverse_spec(cfg: Any, shape: Shape, models: Models, keys: Mapping[str, str]) -> dict:
+    flow = models["flow"]
+    n = cfg.tarflow.num_classes
+    return checkpoint.spec_of(
+        cfg.biflow,
+        tokens=flow.tokens,
+        dim=flow.dim,
+        flow_blocks=cfg.tarflow.blocks,
+        flow=keys["flow"],
+        **({"num_classes": n} if n else {}),
+    )
+
+
+def _reverse_example(g: ReverseModel, models: Models) -> tuple[tuple, dict]:
+    flow, dev = models["flow"], next(g.parameters()).device
+    y = torch.zeros(1, dtype=torch.long, device=dev) if g.num_classes else None
+    return (torch.zeros(1, flow.tokens, flow.dim, device=dev),), ({"y": y} if g.num_classes else {})
+
+
+def _reverse_objective(cfg: Any, models: Models, services: Services):
+    features = services.feature_net(cfg) if cfg.biflow.feature_weight else None
+    return biflow_objective(models["flow"], features)
+
+
+REVERSE = register_kind(
+    ModelKind(
+        name="reverse",
+        checkpoint="biflow",
+        title="biflow reverse",
+        label="biflow reverse G",
+        section="biflow",
+        config=BiFlowConfig,
+        train_section="biflow_train",
+        build=lambda cfg, shape, models: ReverseModel(
+            cfg.biflow,
+            models["flow"].tokens,
+            models["flow"].dim,
+            cfg.tarflow.blocks,
+            cfg.tarflow.num_classes,
+        ),
+        objective=_reverse_objective,
+        spec=_reverse_spec,
+        shrink=lambda c: replace(c, depth=1),  # one stage of one layer (+ the denoising stage)
+        example=_reverse_example,
+        needs=("flow",),
+        key_extra=lambda cfg: (
+            (feature_classifier_config(cfg),) if cfg.biflow.feature_weight else ()
+        ),
+        classes=lambda cfg: cfg.tarflow.num_classes,
+    )
+)

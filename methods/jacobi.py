@@ -10,13 +10,15 @@ on what else is in the batch), and later iterations run on the images still movi
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
-from methods.base import Factors
+from methods.base import DEFAULT_SAMPLING, Factors, SamplingConfig
 from methods.registry import register
 from methods.tarflow import FlowBlock, TarFlow, TarFlowSampler
+from methods.validate import check
 
 
 @torch.no_grad()
@@ -79,15 +81,48 @@ def jacobi_reverse(
     return flow.to_image(z), used
 
 
+@dataclass(frozen=True)
+class JacobiConfig:
+    """The ``jacobi`` section: options of Jacobi decoding only."""
+
+    tol: float = 1e-3  # stop a block when no value changes more than this (data units)
+    max_iters: int = 0  # iteration cap per block; 0 = T - 1 (exact)
+    segment: int = 0  # tokens solved at a time; 0 = all at once
+
+    def __post_init__(self) -> None:
+        check(self, tol=(0, None), max_iters=(0, None), segment=(0, None))
+
+
 @register("tarflow_jacobi")
 class JacobiSampler(TarFlowSampler):
-    """TarFlow decoded by Jacobi iteration (sampling.jacobi_tol / _max_iters / _segment). Its NFE
-    is the iterations images actually took, counted by the same hooks: it varies from batch to
-    batch, so the table reports the mean per image (and ``nfe_max``)."""
+    """TarFlow decoded by Jacobi iteration (the ``jacobi`` section). Its NFE is the iterations
+    images actually took, counted by the same hooks: it varies from batch to batch, so the table
+    reports the mean per image (and ``nfe_max``)."""
 
     label = "TarFlow, Jacobi decoding"
+    options = ("jacobi", JacobiConfig)
     fixed_nfe = False
     DEVIATION_DRAWS = 64  # prior draws for the deviation from the exact inverse
+
+    def __init__(
+        self,
+        flow: TarFlow,
+        device: torch.device,
+        sampling: SamplingConfig = DEFAULT_SAMPLING,
+        options: JacobiConfig | None = None,
+    ) -> None:
+        self.jacobi = options or JacobiConfig()
+        super().__init__(flow, device, sampling)
+
+    @classmethod
+    def from_models(
+        cls,
+        models: dict[str, nn.Module],
+        device: torch.device,
+        sampling: SamplingConfig = DEFAULT_SAMPLING,
+        options: JacobiConfig | None = None,
+    ) -> JacobiSampler:
+        return cls(models["flow"], device, sampling, options)
 
     def factors(self) -> Factors:
         return replace(super().factors(), reverse="jacobi")
@@ -95,10 +130,8 @@ class JacobiSampler(TarFlowSampler):
     def _solve(
         self, z: torch.Tensor, y: torch.Tensor | None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        s = self.sampling
-        return jacobi_reverse(
-            self.flow, z, s.jacobi_tol, s.jacobi_max_iters, s.jacobi_segment, y, self.guidance
-        )
+        j = self.jacobi
+        return jacobi_reverse(self.flow, z, j.tol, j.max_iters, j.segment, y, self.guidance)
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self._solve(z, y)[0]

@@ -8,16 +8,19 @@ unchanged). Odd blocks see the tokens in reversed order. log|det dz/dx| = -sum(a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods import checkpoint
 from methods.base import DEFAULT_SAMPLING, Factors, Sampler, SamplingConfig
+from methods.kinds import ModelKind, Models, register_kind
 from methods.registry import register
 from methods.training import Labels
-from methods.transformer import KVCache, Layer, layer_norm, patchify, unpatchify
+from methods.transformer import KVCache, Layer, layer_norm, native_problem, patchify, unpatchify
 from methods.validate import FieldError, check
 
 
@@ -407,8 +410,19 @@ class TarFlowSampler(Sampler):
         models: dict[str, nn.Module],
         device: torch.device,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
+        options: object = None,
     ) -> TarFlowSampler:
         return cls(models["flow"], device, sampling)
+
+    @classmethod
+    def problems(cls, cfg: Any, device: torch.device) -> list[str]:
+        s, t = cfg.sampling, cfg.tarflow
+        out = [p] if (p := guidance_error(s.guidance, t.num_classes)) else []
+        if s.decode_kernel == "native":
+            dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
+            if p := native_problem(device, dtype, t.width // t.heads, s.compile):
+                out.append(f"sampling.decode_kernel: native cannot run: {p}")
+        return out
 
     def networks(self) -> list[nn.Module]:
         return self.flow.networks()
@@ -434,3 +448,29 @@ class TarFlowSampler(Sampler):
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.flow.reverse(z, self.cached, self.static, y, self.guidance, self.kernel)
+
+
+def _flow_example(flow: TarFlow, models: Models) -> tuple[tuple, dict]:
+    dev = next(flow.parameters()).device
+    return (torch.zeros(1, flow.channels, flow.image_size, flow.image_size, device=dev),), {}
+
+
+FLOW = register_kind(
+    ModelKind(
+        name="flow",
+        checkpoint="tarflow",
+        title="tarflow",
+        label="tarflow F",
+        section="tarflow",
+        config=TarFlowConfig,
+        train_section="tarflow_train",
+        build=lambda cfg, shape, models: TarFlow(cfg.tarflow, *shape),
+        objective=lambda cfg, models, services: nll_objective(cfg.tarflow.noise_std),
+        spec=lambda cfg, shape, models, keys: checkpoint.spec_of(
+            cfg.tarflow, channels=shape[0], image_size=shape[1]
+        ),
+        shrink=lambda c: replace(c, blocks=1, depth=1),  # one flow block of one layer
+        example=_flow_example,
+        classes=lambda cfg: cfg.tarflow.num_classes,
+    )
+)

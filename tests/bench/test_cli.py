@@ -162,7 +162,7 @@ def test_an_output_folder_with_a_garbled_run_json(tmp_path, capsys):
 
 
 def test_device_auto_is_the_cpu_without_cuda(monkeypatch):
-    from bench.runner import resolve_device
+    from bench.environment import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")

@@ -19,7 +19,7 @@ import methods
 from bench import dryrun
 from bench.cli import main
 from bench.config import load_config
-from bench.runner import sampler_flops
+from bench.cost import sampler_flops
 from methods.biflow import ReverseModel
 from methods.tarflow import TarFlow
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from methods.base import CallCounter, SamplingConfig
-from methods.jacobi import JacobiSampler, jacobi_reverse
+from methods.base import DEFAULT_SAMPLING, CallCounter
+from methods.jacobi import JacobiConfig, JacobiSampler, jacobi_reverse
 from methods.tarflow import TarFlowSampler
 
 CPU = torch.device("cpu")
@@ -51,8 +51,8 @@ def test_t_minus_1_iterations_are_exact_whatever_the_tolerance(trained_flow, z):
 def test_the_sampler_reports_the_iterations_it_used_and_its_deviation(trained_flow):
     seeds = list(range(8))
     causal = TarFlowSampler(trained_flow, CPU).sample(seeds, 8)
-    tight = JacobiSampler(trained_flow, CPU, SamplingConfig(jacobi_tol=1e-6))
-    loose = JacobiSampler(trained_flow, CPU, SamplingConfig(jacobi_tol=1e-2))
+    tight = JacobiSampler(trained_flow, CPU, DEFAULT_SAMPLING, JacobiConfig(tol=1e-6))
+    loose = JacobiSampler(trained_flow, CPU, DEFAULT_SAMPLING, JacobiConfig(tol=1e-2))
     a, b = tight.sample(seeds, 8), loose.sample(seeds, 8)
     assert b.nfe < a.nfe <= causal.nfe  # measured, not assumed: fewer at a looser tolerance
     z, _ = loose.inputs(seeds)  # the counted NFE is the mean of what each image took
@@ -68,7 +68,7 @@ def test_the_sampler_reports_the_iterations_it_used_and_its_deviation(trained_fl
 
 
 def test_each_image_converges_on_its_own_so_batching_does_not_change_it(trained_flow):
-    s = JacobiSampler(trained_flow, CPU, SamplingConfig(jacobi_tol=1e-3))
+    s = JacobiSampler(trained_flow, CPU, DEFAULT_SAMPLING, JacobiConfig(tol=1e-3))
     seeds = list(range(6))
     one = [s.sample([i], 1) for i in seeds]
     batch = s.sample(seeds, 6)
