@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import dryrun, plots, tables
+from bench import dryrun, dryrun_render, plots, tables
 from bench.compare import CompareError, compare, load_results, render, thresholds
 from bench.config import ConfigError, load_config, variant_config
 from bench.data import DataError
@@ -115,7 +115,7 @@ def _dry_run(cfg, args: argparse.Namespace) -> int:
         result = dryrun.dry_run(c, args.config)
         if title:
             print(f"\n## {title}{', '.join(c.methods)}", flush=True)
-        print(dryrun.render(result), flush=True)
+        print(dryrun_render.render(result), flush=True)
         for problem in result.problems():
             print(f"error: {title}{problem}", file=sys.stderr)
         ok = ok and result.ok

@@ -18,10 +18,10 @@ from torch import nn
 
 from methods import checkpoint, dist
 from methods.base import DEFAULT_SAMPLING, Factors, Sampler, SamplingConfig
+from methods.flow import TarFlow, guidance_error
 from methods.kinds import ModelKind, Models, Services, Shape, register_kind
 from methods.registry import register
 from methods.score_denoise import tweedie_step
-from methods.tarflow import TarFlow, guidance_error
 from methods.training import Labels
 from methods.transformer import Layer
 from methods.validate import FieldError, check

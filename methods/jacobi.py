@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from methods.base import DEFAULT_SAMPLING, Factors, SamplingConfig
+from methods.flow import FlowBlock, TarFlow
 from methods.registry import register
-from methods.tarflow import FlowBlock, TarFlow, TarFlowSampler
+from methods.tarflow import TarFlowSampler
 from methods.validate import check
 
 

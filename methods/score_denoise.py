@@ -12,8 +12,9 @@ from dataclasses import replace
 import torch
 
 from methods.base import Factors
+from methods.flow import TarFlow
 from methods.registry import register
-from methods.tarflow import TarFlow, TarFlowSampler
+from methods.tarflow import TarFlowSampler
 
 
 def tweedie_step(

@@ -95,28 +95,9 @@ def train(
     The caller deletes the file once the final checkpoint is written. Returns what the run did:
     steps, seconds, final loss, a coarse loss history.
     """
-    g = torch.Generator().manual_seed(cfg.seed)
-    share = dist.local_slice(cfg.batch_size)  # the whole batch in a single process
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    order, cursor = torch.randperm(len(data), generator=g), 0
-    history: list[tuple[int, float]] = []
-    ema, first, seconds_before, resumed_from = None, 0, 0.0, None
+    loop = _Loop(model, cfg, len(data), desc)
     if state_path is not None and state_path.exists():
-        st = checkpoint.load_payload(state_path, "train_state")
-        if st.get("desc") != desc:
-            raise checkpoint.CheckpointError(
-                f"{state_path}: not a training state of {desc!r} (holds {st.get('desc')!r})"
-            )
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        g.set_state(st["generator"])
-        order, cursor, first = st["order"], st["cursor"], st["step"]
-        ema, history, seconds_before = st["ema"], [tuple(h) for h in st["history"]], st["seconds"]
-        resumed_from = first
-        print(f"[train] {desc}: resuming at step {first} from {state_path}", flush=True)
+        loop.resume(state_path)
     model.train()
     net = model
     if dist.world() > 1:
@@ -125,52 +106,21 @@ def train(
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    t0 = time.perf_counter()
-    last_saved = resumed_from
-
-    def save_state(step: int) -> None:
-        if not dist.is_main():
-            return
-        checkpoint.save_payload(
-            state_path,
-            {
-                "kind": "train_state",
-                "desc": desc,
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "generator": g.get_state(),
-                "order": order,
-                "cursor": cursor,
-                "ema": ema,
-                "history": [list(h) for h in history],
-                "seconds": seconds_before + time.perf_counter() - t0,
-            },
-        )
-
+    share = dist.local_slice(cfg.batch_size)  # the whole batch in a single process
+    last_saved = loop.resumed_from
     bar = tqdm(
-        range(first, cfg.steps),
+        range(loop.first, cfg.steps),
         desc=desc,
         unit="step",
         dynamic_ncols=True,
         mininterval=1.0,
         disable=not dist.is_main(),
-        initial=first,
+        initial=loop.first,
         total=cfg.steps,
     )
     for step in bar:
-        if cursor + cfg.batch_size > len(order):
-            order, cursor = torch.randperm(len(data), generator=g), 0
-        idx = order[cursor : cursor + cfg.batch_size]
-        cursor += cfg.batch_size
-        eps = torch.randn((len(idx), *data.shape[1:]), generator=g)
-        x = data[idx[share]].to(device).float() / 127.5 - 1.0
-        lab = None
-        if labels is not None:
-            u = torch.rand(len(idx), generator=g)
-            lab = Labels(labels[idx[share]].to(device), u[share].to(device))
-        loss = loss_fn(net, x, eps[share].to(device), lab)
+        x, eps, lab = loop.batch(data, labels, share, device)
+        loss = loss_fn(net, x, eps, lab)
         value = dist.mean(loss.item(), device)  # the whole batch's loss, on every rank
         if not math.isfinite(value):
             kept = (
@@ -179,26 +129,108 @@ def train(
                 else ""
             )
             raise NonFiniteLossError(f"{desc}: loss became {value} at step {step}{kept}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        ema = value if ema is None else 0.98 * ema + 0.02 * value
+        loop.update(loss, value)
         if step % 10 == 0 or step == cfg.steps - 1:
-            bar.set_postfix(loss=f"{ema:.4f}")
-            history.append((step, value))
+            bar.set_postfix(loss=f"{loop.ema:.4f}")
+            loop.history.append((step, value))
         done = step + 1
         if state_path is not None and save_every and done % save_every == 0 and done < cfg.steps:
-            save_state(done)
+            loop.save(state_path, done)
             last_saved = done
         faults.point(f"train:{desc}:{done}")
     model.eval()
     return {
         "steps": cfg.steps,
-        "seconds": seconds_before + time.perf_counter() - t0,
-        "final_loss_ema": ema,
-        "loss_history": history,
-        **({"resumed_from_step": resumed_from} if resumed_from is not None else {}),
+        "seconds": loop.seconds(),
+        "final_loss_ema": loop.ema,
+        "loss_history": loop.history,
+        **({"resumed_from_step": loop.resumed_from} if loop.resumed_from is not None else {}),
     }
+
+
+class _Loop:
+    """The state of one training run that a resumed run restores: model, optimiser, schedule,
+    the generator of batch order and noise, the position in the epoch, the loss record."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, n: int, desc: str) -> None:
+        self.model, self.cfg, self.n, self.desc = model, cfg, n, desc
+        self.g = torch.Generator().manual_seed(cfg.seed)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95)
+        )
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
+        self.order, self.cursor = torch.randperm(n, generator=self.g), 0
+        self.history: list[tuple[int, float]] = []
+        self.ema: float | None = None
+        self.first, self.seconds_before = 0, 0.0
+        self.resumed_from: int | None = None
+        self.t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Training seconds so far, earlier attempts included."""
+        return self.seconds_before + time.perf_counter() - self.t0
+
+    def batch(self, data: torch.Tensor, labels, share: slice, device: torch.device):
+        """The next batch's images in [-1, 1], noise and labels (this rank's share of them);
+        the generator draws the order, the noise and the label draws in that order."""
+        cfg = self.cfg
+        if self.cursor + cfg.batch_size > len(self.order):
+            self.order, self.cursor = torch.randperm(self.n, generator=self.g), 0
+        idx = self.order[self.cursor : self.cursor + cfg.batch_size]
+        self.cursor += cfg.batch_size
+        eps = torch.randn((len(idx), *data.shape[1:]), generator=self.g)
+        x = data[idx[share]].to(device).float() / 127.5 - 1.0
+        lab = None
+        if labels is not None:
+            u = torch.rand(len(idx), generator=self.g)
+            lab = Labels(labels[idx[share]].to(device), u[share].to(device))
+        return x, eps[share].to(device), lab
+
+    def update(self, loss: torch.Tensor, value: float) -> None:
+        """One optimiser step on ``loss`` (whose whole-batch value is ``value``)."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.ema = value if self.ema is None else 0.98 * self.ema + 0.02 * value
+
+    def save(self, path: Path, step: int) -> None:
+        """The whole state, atomically (rank 0 only), to resume after ``step`` steps."""
+        if not dist.is_main():
+            return
+        checkpoint.save_payload(
+            path,
+            {
+                "kind": "train_state",
+                "desc": self.desc,
+                "step": step,
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "generator": self.g.get_state(),
+                "order": self.order,
+                "cursor": self.cursor,
+                "ema": self.ema,
+                "history": [list(h) for h in self.history],
+                "seconds": self.seconds(),
+            },
+        )
+
+    def resume(self, path: Path) -> None:
+        st = checkpoint.load_payload(path, "train_state")
+        if st.get("desc") != self.desc:
+            raise checkpoint.CheckpointError(
+                f"{path}: not a training state of {self.desc!r} (holds {st.get('desc')!r})"
+            )
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.g.set_state(st["generator"])
+        self.order, self.cursor, self.first = st["order"], st["cursor"], st["step"]
+        self.ema, self.seconds_before = st["ema"], st["seconds"]
+        self.history = [tuple(h) for h in st["history"]]
+        self.resumed_from = self.first
+        print(f"[train] {self.desc}: resuming at step {self.first} from {path}", flush=True)
