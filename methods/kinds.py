@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from methods.registry import register_section
 from methods.training import TrainConfig
 
 Shape = tuple[int, int]  # (channels, image size) of the data
@@ -75,7 +76,7 @@ def register_kind(kind: ModelKind) -> ModelKind:
     missing = [n for n in kind.needs if n not in _KINDS]
     if missing:
         raise ValueError(f"model kind {kind.name!r} needs unregistered kinds {missing}")
-    from methods.registry import register_section
+
 
     register_section(kind.section, kind.config)
     register_section(kind.train_section, TrainConfig)
