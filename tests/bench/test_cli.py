@@ -161,13 +161,6 @@ def test_an_output_folder_with_a_garbled_run_json(tmp_path, capsys):
     assert f"--out {run}: holds an unreadable run.json" in capsys.readouterr().err
 
 
-def test_device_auto_is_the_cpu_without_cuda(monkeypatch):
-    from bench.environment import resolve_device
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == torch.device("cpu")
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_gpu_check_refuses_without_cuda_in_one_line():
     res = subprocess.run(

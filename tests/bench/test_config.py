@@ -6,21 +6,6 @@ V = "variants:\n  - name: x\n    method: biflow\n"  # one variant; tests append 
 V_ERR = "variants[0] (x): "
 
 
-def test_variants_expand_into_entries_with_their_own_config_and_seeds(tmp_path):
-    from bench.variants import entries
-
-    text = V + "    overrides: {biflow.align_weight: 0.0}\nreplicates: 2\n"
-    cfg = load_config(write(tmp_path, text), ["methods=[tarflow]"])
-    got = entries(cfg)
-    assert [e.key for e in got] == ["tarflow.r0", "x.r0", "tarflow.r1", "x.r1"]
-    assert [e.variant for e in got] == ["default", "x", "default", "x"]
-    x0, x1 = got[1].cfg, got[3].cfg
-    assert x0.biflow.align_weight == x1.biflow.align_weight == 0.0
-    assert got[0].cfg.biflow.align_weight == 1.0  # the override is the variant's alone
-    assert x1.tarflow_train.seed == x0.tarflow_train.seed + 1
-    assert x1.eval.seed == x0.eval.seed + cfg.eval.num_samples  # disjoint scored seeds
-
-
 def write(tmp_path, text):
     p = tmp_path / "c.yaml"
     p.write_text(text)
