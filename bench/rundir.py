@@ -3,7 +3,11 @@ status and attempts in run.json, and the wall time of each stage."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +23,77 @@ from methods.kinds import kinds
 
 class BenchError(RuntimeError):
     """The run cannot produce trustworthy numbers; the message says why."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), handled like Ctrl-C: run.json says
+    "interrupted" and the run can be resumed."""
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """While the block runs, SIGTERM raises :class:`Terminated` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+LOCK = ".flowbench.lock"  # in the run folder: held by the live run, released when it dies
+_held: dict[Path, int] = {}  # run folder -> the open lock file of this process
+
+
+def lock(run_dir: Path, flag: str) -> None:
+    """Hold the run folder's lock for the rest of this process (an OS lock: a killed run
+    leaves none behind), or refuse with the live run's process id."""
+    key = run_dir.resolve()
+    if key in _held:
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise BenchError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(
+            f"{flag} {run_dir}: another run (process {holder}) is writing this folder; wait "
+            "for it to finish or choose another folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _held[key] = fd
+
+
+def unlock(run_dir: Path) -> None:
+    """Release the lock this process holds on ``run_dir`` (tests; a run keeps it until exit)."""
+    fd = _held.pop(run_dir.resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _read_info(path: Path, flag: str, run_dir: Path) -> dict:
+    """run.json as a mapping, or one line saying why it cannot be read."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{flag} {run_dir}: holds an unreadable run.json ({e})") from None
+    if not isinstance(info, dict):
+        raise ConfigError(
+            f"{flag} {run_dir}: run.json holds a {type(info).__name__}, not a run's record"
+        )
+    return info
 
 
 @dataclass
@@ -97,10 +172,7 @@ def make_folder(run_dir: Path, resolved: dict) -> None:
 
 def _check_resumable(run_dir: Path, resolved: dict) -> dict:
     """run.json of an unfinished run made with this same config, or an error saying why not."""
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--resume {run_dir}: no readable run.json ({e})") from None
+    info = _read_info(run_dir / "run.json", "--resume", run_dir)
     saved = info.get("config", {})
     if saved != resolved:
         diff = sorted(_diff_keys(saved, resolved))
@@ -148,13 +220,25 @@ def locate(
     resume: Path | None,
     retrain: bool,
 ) -> tuple[Path, dict | None, bool]:
-    """The run folder, the unfinished run in it to continue (its run.json), and --retrain."""
+    """The run folder, the unfinished run in it to continue (its run.json), and --retrain. The
+    folder is locked for this process's lifetime before anything in it is read or written."""
     run_dir = resume or out or Path("results") / f"{cfg.name}-{started:%Y%m%d-%H%M%S}"
+    flag = "--resume" if resume is not None else "--out"
+    if resume is None and run_dir.is_dir() and not (run_dir / "run.json").exists():
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ConfigError(
+                f"--out {run_dir}: a folder that holds no run ({shown}); choose an empty or "
+                "new folder"
+            )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{flag} {run_dir}: not a folder")
+    if resume is not None and not (run_dir / "run.json").is_file():
+        raise ConfigError(f"--resume {run_dir}: no run.json; not a run folder")
+    lock(run_dir, flag)
     if resume is None and (run_dir / "run.json").is_file():
-        try:
-            status = json.loads((run_dir / "run.json").read_text()).get("status")
-        except (ValueError, AttributeError) as e:
-            raise ConfigError(f"--out {run_dir}: holds an unreadable run.json ({e})") from None
+        status = _read_info(run_dir / "run.json", "--out", run_dir).get("status")
         if status == "complete":
             raise ConfigError(
                 f"--out {run_dir}: already holds a finished run; choose another folder"

@@ -36,6 +36,7 @@ from bench.rundir import (
     on_main,
     say,
     seeds_record,
+    terminate_as_interrupt,
     write_json,
 )
 from bench.scoring import anchors, score_sampler, scored_seeds
@@ -308,6 +309,7 @@ def run(
         torch.set_num_threads(cfg.threads)
     resolved = to_dict(cfg)
     started = datetime.now(UTC)
+    env = environment(device)  # before the run folder exists: git status must not see it
     # Rank 0 decides where the run goes and whether it resumes; every rank follows.
     run_dir, previous, retrain = on_main(
         lambda: locate(cfg, resolved, started, out, resume, retrain)
@@ -317,13 +319,10 @@ def run(
             say(f"[bench] {run_dir}: already complete; report regenerated")
             report.write(run_dir)
         return run_dir
-    r = _start(cfg, base, run_dir, previous, retrain, device, todo, resolved, started)
+    r = _start(cfg, base, run_dir, previous, retrain, device, todo, resolved, started, env)
     try:
-        for s in STAGES:
-            if s.when(cfg) and (s.all_ranks or dist.is_main()):
-                _run_stage(r, s)
-        if dist.is_main():
-            _write_results(r)
+        with terminate_as_interrupt():
+            _run_stages(r)
     except BaseException as e:
         r.info.update(
             status="failed" if isinstance(e, Exception) else "interrupted",
@@ -340,7 +339,15 @@ def run(
     return run_dir
 
 
-def _start(cfg, base, run_dir, previous, retrain, device, todo, resolved, started) -> Run:
+def _run_stages(r: Run) -> None:
+    for s in STAGES:
+        if s.when(r.cfg) and (s.all_ranks or dist.is_main()):
+            _run_stage(r, s)
+    if dist.is_main():
+        _write_results(r)
+
+
+def _start(cfg, base, run_dir, previous, retrain, device, todo, resolved, started, env) -> Run:
     """Load the data, open the run folder and mark the run "running" in run.json."""
     # Wall time of each stage; a resumed run keeps the earlier attempts' times of stages it reuses.
     timer = Stages(dict(previous.get("stages", {})) if previous else {})
@@ -351,8 +358,6 @@ def _start(cfg, base, run_dir, previous, retrain, device, todo, resolved, starte
                 f"tarflow.patch_size: got {cfg.tarflow.patch_size}; allowed: a divisor of the "
                 f"image size {splits.image_size} of data {splits.name!r}"
             )
-    env = environment(device)  # before the run folder exists: git status must not see it
-    on_main(lambda: make_folder(run_dir, resolved))
     info: dict = previous or {
         "started": started.isoformat(),
         "config": resolved,
@@ -371,7 +376,9 @@ def _start(cfg, base, run_dir, previous, retrain, device, todo, resolved, starte
     attempt = {"started": started.isoformat(), "pid": os.getpid()}
     info["attempts"] = [*info.get("attempts", []), attempt]
     info.pop("error", None)
+    # run.json first: a folder holding it is a run's (bench.rundir refuses any other)
     write_json(run_dir / "run.json", info)
+    on_main(lambda: make_folder(run_dir, resolved))
     parts = Parts(run_dir)
     made = parts.get("models") or {}
     trained = frozenset(v["checkpoint"] for v in made.values() if v["source"] == "trained")
