@@ -304,6 +304,14 @@ def run(
     for e in todo:
         methods.get(e.method)  # unknown names fail before any work
     check_choices(todo)
+    with terminate_as_interrupt():
+        run_dir = _run(cfg, base, out, retrain, resume, todo)
+    # The other ranks left after the last collective stage (anchors); rank 0 ran the rest alone.
+    dist.shutdown()
+    return run_dir
+
+
+def _run(cfg, base, out, retrain, resume, todo) -> Path:
     device = dist.init(resolve_device(cfg.device))  # joins the process group under torchrun
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -321,8 +329,7 @@ def run(
         return run_dir
     r = _start(cfg, base, run_dir, previous, retrain, device, todo, resolved, started, env)
     try:
-        with terminate_as_interrupt():
-            _run_stages(r)
+        _run_stages(r)
     except BaseException as e:
         r.info.update(
             status="failed" if isinstance(e, Exception) else "interrupted",
@@ -334,8 +341,6 @@ def run(
         plots.write_figures(run_dir)
         report.write(run_dir)
         say(f"[bench] report: {run_dir / 'report.md'}")
-    # The other ranks left after the last collective stage (anchors); rank 0 ran the rest alone.
-    dist.shutdown()
     return run_dir
 
 

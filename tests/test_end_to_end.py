@@ -3,8 +3,10 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +31,22 @@ def run_smoke(
     """``configs/<config>`` into ``out`` (None: ``extra`` names the folder) with its models and
     reference statistics cached in ``cache``; ``kill_at``: the methods.faults point where the
     process SIGKILLs itself; ``nproc`` > 1: launched by torchrun as that many processes."""
+    cmd, env = smoke_command(out, cache, *extra, kill_at=kill_at, config=config, nproc=nproc)
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    if not kill_at:
+        assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def smoke_command(
+    out: Path | None,
+    cache: Path,
+    *extra: str,
+    kill_at: str = "",
+    config: str = "smoke.yaml",
+    nproc: int = 1,
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of :func:`run_smoke`."""
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [
         sys.executable,
@@ -48,10 +66,7 @@ def run_smoke(
     env = {**os.environ, "TORCH_HOME": str(cache / "torch_home"), "FLOWBENCH_KILL_AT": kill_at}
     if nproc > 1:
         env["OMP_NUM_THREADS"] = "1"  # 2 processes on 2 cores
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
-    if not kill_at:
-        assert res.returncode == 0, res.stderr[-3000:]
-    return res
+    return cmd, env
 
 
 @pytest.fixture(scope="module")
@@ -337,3 +352,49 @@ def test_variants_and_replicates_run_and_tabulate(runs, tmp_path, capsys):
     abl = pd.read_csv(tmp_path / "v" / "tables" / "ablations.csv")
     assert set(abl.variant) == {"cfg", "cond", "bicfg"}
     capsys.readouterr()
+
+
+QUICK = ("--set", "metrics.extractors=[domain]", "--set", "eval.memory=false")
+
+
+def start_smoke(out: Path, cache: Path) -> subprocess.Popen:
+    """A smoke run in the background, once its run.json exists (it then holds the folder)."""
+    cmd, env = smoke_command(out, cache, *QUICK)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (out / "run.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.2)
+    return proc
+
+
+def test_a_second_run_into_a_live_runs_folder_is_refused(runs, tmp_path):
+    first, *_ = runs
+    cache, out = first.parent / "cache", tmp_path / "run"
+    live = start_smoke(out, cache)
+    cmd, env = smoke_command(out, cache, *QUICK)
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    stdout, stderr = live.communicate(timeout=600)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert lines == [
+        f"error: --out {out}: another run (process {live.pid}) is writing this folder; wait "
+        "for it to finish or choose another folder"
+    ]
+    assert live.returncode == 0, stderr[-2000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "complete" and len(info["attempts"]) == 1
+
+
+def test_sigterm_marks_the_run_interrupted_and_it_resumes(runs, tmp_path):
+    first, *_ = runs
+    cache, out = first.parent / "cache", tmp_path / "run"
+    live = start_smoke(out, cache)
+    live.send_signal(signal.SIGTERM)
+    _, stderr = live.communicate(timeout=300)
+    assert live.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted"
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "interrupted" and "Terminated: signal SIGTERM" in info["error"]
+    run_smoke(None, cache, "--resume", str(out), *QUICK)
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
