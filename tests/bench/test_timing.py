@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from bench.runner import OP_GROUPS
+from bench.fairness import OP_GROUPS
 from bench.timing import measure, op_breakdown, peak_memory, self_times_ms
 from methods import native
 from methods.transformer import KVCache, Layer
