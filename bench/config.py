@@ -1,7 +1,8 @@
 """Benchmark configuration: frozen dataclasses; YAML and ``--set`` only select and override.
 
-Every field is typed and range-checked; an unknown key, a wrong type or an out-of-range value is
-a :class:`ConfigError` naming the dotted key, the value and what is allowed.
+Every field is typed and range-checked, and a float must be finite; an unknown key, a wrong type
+or an out-of-range value is a :class:`ConfigError` naming the dotted key, the value and what is
+allowed. The file itself is read by :mod:`bench.config_file`.
 """
 
 from __future__ import annotations
@@ -9,21 +10,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bench.config_file import ConfigError, parse, read
 from methods.base import SamplingConfig
 from methods.registry import sections as method_sections
-from methods.validate import FieldError, check
+from methods.validate import FieldError, check, shown
 
-
-class ConfigError(ValueError):
-    pass
+# Images one set may hold: 20x the 50k of the FID literature. At ImageNet-64 (12 KiB a uint8
+# image) 1M generated images are 12 GiB and their anchors as many again; beyond this no run fits.
+MAX_IMAGES = 1_000_000
+INT64 = 2**63 - 1  # every int ends up in torch or numpy
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")  # a run name is a folder name
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,10 @@ class DataConfig:
             image_size=(0, None),
             channels=(0, None),
         )
+        if self.source != "mnist" and not self.root:  # else the config's own folder is scanned
+            raise FieldError("root", self.root, f"a path (data.source: {self.source} reads it)")
+        if self.source == "torchvision" and not self.name:
+            raise FieldError("name", self.name, "a torchvision dataset class, e.g. CIFAR10")
 
 
 @dataclass(frozen=True)
@@ -89,18 +97,23 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check(
             self,
-            num_samples=(2, None),
-            batch_size=(1, None),
+            num_samples=(2, MAX_IMAGES),
+            batch_size=(1, MAX_IMAGES),
             seed=(0, None),
             warmup=(0, None),
             latency_repeats=(1, None),
-            throughput_batch=(1, None),
+            throughput_batch=(1, MAX_IMAGES),
             throughput_repeats=(1, None),
-            grid=(1, None),
+            grid=(1, MAX_IMAGES),
             kid_subset=(2, None),
         )
-        if not self.sweep_batches or min(self.sweep_batches) < 1:
-            raise FieldError("sweep_batches", list(self.sweep_batches), "batch sizes >= 1")
+        if (
+            not self.sweep_batches
+            or not 1 <= min(self.sweep_batches) <= max(self.sweep_batches) <= MAX_IMAGES
+        ):
+            raise FieldError(
+                "sweep_batches", list(self.sweep_batches), f"batch sizes from 1 to {MAX_IMAGES}"
+            )
         if self.kid_subset > self.num_samples:
             raise FieldError("kid_subset", self.kid_subset, f"<= num_samples ({self.num_samples})")
 
@@ -120,7 +133,7 @@ class MetricsConfig:
     stats_cache: str = ".cache/stats"  # cached reference features; relative to the config
 
     def __post_init__(self) -> None:
-        check(self, inception_samples=(2, None))
+        check(self, inception_samples=(2, MAX_IMAGES))
         bad = [e for e in self.extractors if e not in EXTRACTORS]
         if bad or "domain" not in self.extractors:
             raise FieldError(
@@ -180,8 +193,8 @@ class VariantConfig:
     overrides: dict = field(default_factory=dict)  # dotted keys, e.g. biflow.align_weight: 0.0
 
     def __post_init__(self) -> None:
-        if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
-            raise FieldError("name", self.name, "letters, digits, _ and -")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", self.name):
+            raise FieldError("name", self.name, "letters, digits, _ and - (1 to 100)")
         bad = [t for t in self.tables if t not in TABLES]
         if bad or not self.tables:
             raise FieldError("tables", list(self.tables), f"a list of {', '.join(TABLES)}")
@@ -226,7 +239,13 @@ class BenchConfig:
                 raise FieldError(n, value, f"a {declared[n].__name__}")
         object.__setattr__(self, "sections", full)
         check(self, threads=(0, None), save_every=(0, None), replicates=(1, None))
-        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+        if not NAME.fullmatch(self.name):
+            raise FieldError(
+                "name",
+                self.name,
+                "letters, digits, _, - and . (1 to 100, not . first: a folder name)",
+            )
+        if not re.fullmatch(r"cpu|cuda|auto|cuda:[0-9]+", self.device):
             raise FieldError("device", self.device, "cpu, cuda, cuda:N or auto")
         if not self.methods and not self.variants:
             raise FieldError(
@@ -248,29 +267,33 @@ class BenchConfig:
         return dataclasses.replace(self, sections={**self.sections, **changed})
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: got {value!r}; allowed: a mapping of {tp.__name__} fields")
+            raise ConfigError(
+                f"{key}: got {shown(value)}; allowed: a mapping of {tp.__name__} fields"
+            )
         return _build(tp, value, key + ".")
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: got {value!r}; allowed: a list")
+            raise ConfigError(f"{key}: got {shown(value)}; allowed: a list")
         (item_tp, _) = typing.get_args(tp)
         return tuple(_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value))
     if origin in (types.UnionType, typing.Union):
         raise TypeError(f"{key}: union types are not supported in configs")
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if (tp is dict or origin is dict) and not isinstance(value, dict):
+        raise ConfigError(f"{key}: got {shown(value)}; allowed: a mapping")
+    if tp is float and type(value) is int:
+        value = float(value) if abs(value) <= INT64 else math.inf
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise ConfigError(
-            f"{key}: got {value!r} ({type(value).__name__}); allowed: {_type_name(tp)}"
+            f"{key}: got {shown(value)} ({type(value).__name__}); allowed: {tp.__name__}"
         )
+    if tp is float and not math.isfinite(value):  # NaN passes every range check
+        raise ConfigError(f"{key}: got {value!r}; allowed: a finite number")
+    if tp is int and abs(value) > INT64:
+        raise ConfigError(f"{key}: got {shown(value)}; allowed: at most {INT64} (int64)")
     return value
 
 
@@ -280,11 +303,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     if cls is BenchConfig:  # the methods' sections sit at the top level too
         declared = method_sections()
         names = [n for n in names if n != "sections"] + list(declared)
-        secs = {
-            k: _build(declared[k], _mapping(k, v, declared[k]), f"{k}.")
-            for k, v in raw.items()
-            if k in declared
-        }
+        secs = {k: _coerce(k, v, declared[k]) for k, v in raw.items() if k in declared}
         raw = {k: v for k, v in raw.items() if k not in declared}
         if secs:
             raw["sections"] = secs
@@ -303,12 +322,6 @@ def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix}{e}") from None
 
 
-def _mapping(key: str, value: Any, tp: type) -> dict:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: got {value!r}; allowed: a mapping of {tp.__name__} fields")
-    return value
-
-
 def parse_section(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     """One config dataclass from a mapping, with the same checks and messages as a whole file."""
     return _build(cls, raw, prefix)
@@ -318,11 +331,8 @@ def _set_dotted(raw: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
     key, text = assignment.split("=", 1)
-    try:
-        value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        value = text
-    _assign(raw, key, value, f"--set {key}")
+    where = f"--set {key}"
+    _assign(raw, key, parse(text, where, text_on_syntax_error=True) if text else "", where)
 
 
 def _assign(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
@@ -337,21 +347,9 @@ def _assign(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> BenchConfig:
-    """Read a YAML file (safe loader) and ``dotted.key=value`` overrides into a BenchConfig."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ConfigError(f"{path}: YAML syntax error{at}: {problem}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    """Read a YAML file (:func:`bench.config_file.read`) and ``dotted.key=value`` overrides
+    (their values read by the same strict loader) into a BenchConfig."""
+    raw = read(Path(path)) if path is not None else {}
     for assignment in overrides:
         _set_dotted(raw, assignment)
     cfg = _build(BenchConfig, raw)

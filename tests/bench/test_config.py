@@ -4,6 +4,7 @@ from bench.config import BenchConfig, ConfigError, config_hash, load_config
 
 V = "variants:\n  - name: x\n    method: biflow\n"  # one variant; tests append its fields
 V_ERR = "variants[0] (x): "
+N = "name: t\n"  # the least a config holds: an empty one is refused
 
 
 def write(tmp_path, text):
@@ -30,16 +31,16 @@ def test_the_shipped_configs_load():
         ("colour: red\n", [], "colour: unknown key; allowed in the top level: name, device"),
         ("tarflow:\n  width: wide\n", [], "tarflow.width: got 'wide' (str); allowed: int"),
         ("tarflow:\n  width: 1.5\n", [], "tarflow.width: got 1.5 (float); allowed: int"),
-        ("", ["tarflow.blocks=0"], "tarflow.blocks: got 0; allowed: >= 1"),
-        ("", ["tarflow.width=90", "tarflow.heads=4"], "tarflow.width: got 90; allowed: a multiple"),
-        ("", ["tarflow_train.lr=-1"], "tarflow_train.lr: got -1.0; allowed: between 0 and 1"),
-        ("", ["data.source=imagenet"], "data.source: got 'imagenet'; allowed: one of 'mnist'"),
-        ("", ["device=tpu"], "device: got 'tpu'; allowed: cpu, cuda, cuda:N or auto"),
-        ("", ["eval.kid_subset=900"], "eval.kid_subset: got 900; allowed: <= num_samples (500)"),
+        (N, ["tarflow.blocks=0"], "tarflow.blocks: got 0; allowed: >= 1"),
+        (N, ["tarflow.width=90", "tarflow.heads=4"], "tarflow.width: got 90; allowed: a multiple"),
+        (N, ["tarflow_train.lr=-1"], "tarflow_train.lr: got -1.0; allowed: between 0 and 1"),
+        (N, ["data.source=imagenet"], "data.source: got 'imagenet'; allowed: one of 'mnist'"),
+        (N, ["device=tpu"], "device: got 'tpu'; allowed: cpu, cuda, cuda:N or auto"),
+        (N, ["eval.kid_subset=900"], "eval.kid_subset: got 900; allowed: <= num_samples (500)"),
         ("methods: tarflow\n", [], "methods: got 'tarflow'; allowed: a list"),
         ("tarflow: 3\n", [], "tarflow: got 3; allowed: a mapping of TarFlowConfig fields"),
-        ("", ["eval.seed"], "--set 'eval.seed': expected dotted.key=value"),
-        ("", ["replicates=0"], "replicates: got 0; allowed: >= 1"),
+        (N, ["eval.seed"], "--set 'eval.seed': expected dotted.key=value"),
+        (N, ["replicates=0"], "replicates: got 0; allowed: >= 1"),
         (V + "    overrides: {biflow.align_weight: -1}\n", [], V_ERR + "biflow.align_weight: got"),
         (V + "    overrides: {eval.seed: 3}\n", [], "overrides: got 'eval.seed'; allowed: dotted"),
         (V + "    overrides: {tarflow.widht: 3}\n", [], V_ERR + "tarflow.widht: unknown key"),
