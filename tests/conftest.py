@@ -127,3 +127,18 @@ def trained_guided_reverse(trained_cond_flow, labelled_digits) -> ReverseModel:
     x, y = labelled_digits
     train(g, obj, x, cfg, "test guided biflow", torch.device("cpu"), labels=y)
     return g.requires_grad_(False)
+
+
+def affine_flow() -> tuple[TarFlow, torch.Tensor, torch.Tensor]:
+    """A one-block TarFlow whose network outputs the same (a, b) (D each) whatever its input:
+    token 0 passes unchanged and every later token maps to z_t = (x_t - b) exp(-a), so its
+    density, score and inverse are known in closed form."""
+    cfg = TarFlowConfig(patch_size=4, width=32, depth=1, blocks=1, heads=2, mlp_ratio=2)
+    flow = TarFlow(cfg, 1, 28)
+    g = torch.Generator().manual_seed(0)
+    a, b = 0.5 * torch.randn(flow.dim, generator=g), torch.randn(flow.dim, generator=g)
+    net = flow.blocks[0].net
+    with torch.no_grad():
+        net.proj_out.weight.zero_()
+        net.proj_out.bias.copy_(torch.cat([a, b]))
+    return flow.requires_grad_(False), a, b

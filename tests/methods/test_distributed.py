@@ -1,6 +1,7 @@
 """Training under torchrun (2 CPU processes, gloo, DistributedDataParallel) against a single
 process. The sharded evaluation is tested end to end in tests/test_end_to_end.py (the warm-cache
-run there is a 2-process torchrun run, and its images and metrics equal the first run's)."""
+run there is a 2-process torchrun run, and its images and metrics equal the first run's); the
+split itself and the single-process no-ops in test_dist.py."""
 
 import os
 import subprocess
@@ -72,9 +73,3 @@ def test_training_on_two_processes_equals_one_process(tmp_path):
             if "qkv.bias" not in key:
                 torch.testing.assert_close(ddp[name][key], value, rtol=0, atol=5e-6, msg=key)
     assert ddp["losses"] == pytest.approx(single["losses"], rel=1e-5)
-
-
-def test_a_batch_that_does_not_split_evenly_is_refused(monkeypatch):
-    monkeypatch.setattr(dist, "world", lambda: 3)
-    with pytest.raises(ValueError, match="batch_size: got 32; allowed: a multiple of the world"):
-        dist.local_slice(32)

@@ -1,5 +1,5 @@
-"""The sampling switches of issue 6: static-shape decoding, torch.compile, bf16 autocast, and the
-GPU-only switches on a machine without CUDA."""
+"""The sampling switches of issue 6 at work in the samplers: static-shape decoding, torch.compile,
+bf16 autocast, a native kernel that cannot run (SamplingConfig itself: test_base.py)."""
 
 from pathlib import Path
 
@@ -9,7 +9,6 @@ import torch
 from methods.base import SamplingConfig
 from methods.biflow import BiFlowSampler
 from methods.tarflow import TarFlowSampler
-from methods.validate import FieldError
 
 CPU = torch.device("cpu")
 
@@ -65,25 +64,6 @@ def test_bf16_autocast_samples_close_to_fp32_with_the_same_nfe(trained_flow, tra
         assert b.n_nonfinite == 0
         # bf16 keeps 8 bits of mantissa: images move by a few grey levels, not more.
         assert (a.images.float() - b.images.float()).abs().mean() < 8, fp32.name
-
-
-def test_cuda_graphs_fall_back_on_cpu_with_one_warning_line(capsys):
-    cfg = SamplingConfig(compile=True, cuda_graphs=True)
-    assert cfg.for_device(CPU) == SamplingConfig(compile=True)
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("warning: sampling.cuda_graphs needs a CUDA")
-    assert cfg.for_device(torch.device("cuda")) is cfg  # kept where CUDA is the device
-
-
-def test_bad_sampling_switches_are_refused_by_name():
-    with pytest.raises(FieldError, match="precision: got 'fp16'; allowed: one of 'fp32', 'bf16'"):
-        SamplingConfig(precision="fp16")
-    with pytest.raises(FieldError, match="cuda_graphs: got True; allowed: true only with"):
-        SamplingConfig(cuda_graphs=True)
-    with pytest.raises(FieldError, match="compile: got True; allowed: true only with sampling.kv"):
-        SamplingConfig(compile=True, kv_cache=False)
-    with pytest.raises(FieldError, match="decode_kernel: got 'fast'; allowed: one of 'auto', "):
-        SamplingConfig(decode_kernel="fast")
 
 
 def test_a_native_decode_kernel_that_cannot_run_is_refused_before_any_training():
