@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 from pathlib import Path
 
@@ -114,8 +116,8 @@ def _dry_run(cfg, args: argparse.Namespace) -> int:
     for title, c in configs:
         result = dryrun.dry_run(c, args.config)
         if title:
-            print(f"\n## {title}{', '.join(c.methods)}", flush=True)
-        print(dryrun_render.render(result), flush=True)
+            _out(f"\n## {title}{', '.join(c.methods)}")
+        _out(dryrun_render.render(result))
         for problem in result.problems():
             print(f"error: {title}{problem}", file=sys.stderr)
         ok = ok and result.ok
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             text = render(table, base, new, th)
             if args.out:
                 write_text(args.out, text)
-            print(text)
+            _out(text)
             return 1 if regressed else 0
         elif args.command == "stability":
             if args.k < 2:
@@ -149,14 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             if len(args.run_dirs) == 1:  # report.md; figures only where the folder lacks them
                 plots.write_figures(args.run_dirs[0], missing_only=True)
-                print(write(args.run_dirs[0], args.out))
+                _out(write(args.run_dirs[0], args.out))
             else:
                 text = render_many(args.run_dirs)
                 if args.out:
                     write_text(args.out, text)
-                print(text)
+                _out(text)
         elif args.command == "tables":
-            print(tables.write(args.run_dir, args.out))
+            _out(tables.write(args.run_dir, args.out))
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -166,7 +168,49 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as e:
         print(f"error: cannot write {e.filename}: permission denied", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # some other pipe: a bug to show, not a reader that left
+        _drop_stdout()  # the progress of `run`/`stability` went to a reader that left
+        print(
+            f"error: standard output closed before `bench {args.command}` finished; it "
+            "stopped there",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _out(text: str) -> None:
+    """Print a command's output. A reader that leaves early (``bench compare A B | head``) ends
+    the printing, not the command: the rest goes to /dev/null, the command's exit code stays
+    its own (compare: 0 or 1 by its verdict, which is known before anything is printed)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _drop_stdout()
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: later prints, and the interpreter's last flush of what the
+    closed pipe did not take, go nowhere instead of raising again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (a captured stream): replace the object
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open for the rest of the process)
+    finally:
+        os.close(devnull)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows) or no file descriptor
+        return False

@@ -15,7 +15,9 @@ by its gate:
 - ``fid``/``kid``/``is``: absolute thresholds in the metric's units (worse = higher FID/KID,
   lower IS).
 
-Exit codes: 0 nothing regressed, 1 something did, 2 the inputs cannot be compared.
+Exit codes: 0 nothing regressed, 1 something did, 2 the inputs cannot be compared: among them
+a gated metric the baseline measured and the new run has no column for, and a gated column
+holding something other than a number.
 """
 
 from __future__ import annotations
@@ -105,8 +107,50 @@ def _keys(table: pd.DataFrame) -> list[tuple[str, str, int]]:
     return sorted(map(tuple, table[KEY].values.tolist()))
 
 
+def _numbers(run: Run) -> None:
+    """Every gated column of ``run`` holds numbers (or nothing), else a CompareError naming the
+    column and the row."""
+    table = run.results
+    for m in METRICS:
+        if m.name not in table.columns:
+            continue
+        bad = table[m.name].notna() & pd.to_numeric(table[m.name], errors="coerce").isna()
+        if bad.any():
+            row = table[bad].iloc[0]
+            key = ", ".join(str(row[k]) for k in KEY)
+            more = f" (and {int(bad.sum()) - 1} more rows)" if bad.sum() > 1 else ""
+            raise CompareError(
+                f"{_file(run)}: column {m.name!r} holds {row[m.name]!r}, not a number, in row "
+                f"({key}){more}"
+            )
+
+
+def _lacking(base: Run, new: Run) -> None:
+    """A gated metric the baseline measured (a column with a value) and the new run has no
+    column for fails the comparison: the gate cannot pass on a number it never saw."""
+    lacking = [
+        m.name
+        for m in METRICS
+        if m.name in base.results.columns
+        and base.results[m.name].notna().any()
+        and m.name not in new.results.columns
+    ]
+    if lacking:
+        raise CompareError(
+            f"{_file(new)}: no column {', '.join(map(repr, lacking))}, which the baseline "
+            f"{_file(base)} measured; the new run cannot be judged on them"
+        )
+
+
+def _file(run: Run) -> Path:
+    return run.dir / "results.csv" if run.dir is not None else run.source
+
+
 def compare(base: Run, new: Run, th: CompareConfig) -> tuple[pd.DataFrame, bool]:
     """One row per (sampler, metric) present in both; and whether anything regressed."""
+    for run in (base, new):
+        _numbers(run)
+    _lacking(base, new)
     for column in ("dataset", "extractors"):
         _same(base.results, new.results, column)
     merged = base.results.merge(new.results, on=KEY, suffixes=("_base", "_new"))
@@ -119,11 +163,12 @@ def compare(base: Run, new: Run, th: CompareConfig) -> tuple[pd.DataFrame, bool]
     out = []
     for _, r in merged.iterrows():
         for m in METRICS:
+            # Only columns in both tables get the suffixes: one the baseline lacks is new.
             cb, cn = f"{m.name}_base", f"{m.name}_new"
-            if cb not in merged.columns and cn not in merged.columns:
+            if cb not in merged.columns:
                 continue
-            b = float(r[cb]) if cb in merged.columns and not _isnan(r[cb]) else math.nan
-            n = float(r[cn]) if cn in merged.columns and not _isnan(r[cn]) else math.nan
+            b = math.nan if _isnan(r[cb]) else float(r[cb])
+            n = math.nan if _isnan(r[cn]) else float(r[cn])
             verdict, allowed = judge(m, b, n, th)
             if verdict == "n/a":
                 continue

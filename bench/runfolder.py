@@ -19,6 +19,9 @@ import pandas as pd
 ROW_KEY = ("method", "variant", "replicate")  # one results row; unique within a run
 VARIANT_KEY = ROW_KEY[:-1]  # what replicates repeat: tables aggregate over the rest
 FILLED = {"variant": "default", "replicate": 0}  # for tables from before variants/replicates
+# run.json's records that the readers index into: a JSON object (or null) where present
+OBJECTS = ("config", "dataset", "environment", "models", "stages", "unavailable_metrics")
+SWEEP = ("method", "batch", "ms_per_img", "speedup_vs_tarflow")  # what the figures read
 WHY = {
     "running": "the run was killed or is still running",
     "interrupted": "the run was interrupted",
@@ -64,6 +67,8 @@ def load_run(path: Path, need: Sequence[str] = ()) -> Run:
         raise IncompleteRunError(f"{file}: no such file, though run.json says the run finished")
     sweep = path / "sweep.csv"
     swept = _read(sweep) if sweep.is_file() else pd.DataFrame()
+    if missing := [c for c in SWEEP if not swept.empty and c not in swept.columns]:
+        raise IncompleteRunError(f"{sweep}: no column {', '.join(map(repr, missing))}")
     return Run(path, path, info, _results(file, need), swept)
 
 
@@ -98,7 +103,12 @@ def _info(run_dir: Path) -> dict:
     except (ValueError, OSError) as e:
         raise IncompleteRunError(f"{path}: unreadable ({e})") from None
     if not isinstance(info, dict):
-        raise IncompleteRunError(f"{path}: unreadable (not a JSON object)")
+        raise IncompleteRunError(
+            f"{path}: holds a JSON {_kind(info)}, not a run's record (a JSON object)"
+        )
+    for key in OBJECTS:
+        if info.get(key) is not None and not isinstance(info[key], dict):
+            raise IncompleteRunError(f"{path}: {key!r} is a JSON {_kind(info[key])}, not an object")
     status = info.get("status")
     if status != "complete":
         why = WHY.get(status, f"unknown status {status!r}")
@@ -111,11 +121,19 @@ def _info(run_dir: Path) -> dict:
     return info
 
 
+def _kind(value: object) -> str:
+    """What JSON calls the type of a parsed value."""
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    names[type(None)] = "null"
+    return names.get(type(value), type(value).__name__)
+
+
 def _read(file: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file)
     except (ValueError, OSError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
-        raise IncompleteRunError(f"{file}: unreadable ({str(e)[:200]})") from None
+        why = " ".join(str(e).split())[:200]  # one line: pandas' C parser ends in a newline
+        raise IncompleteRunError(f"{file}: unreadable ({why})") from None
 
 
 def _results(file: Path, need: Sequence[str]) -> pd.DataFrame:
@@ -123,6 +141,8 @@ def _results(file: Path, need: Sequence[str]) -> pd.DataFrame:
     table = _read(file)
     if "method" not in table.columns:
         raise IncompleteRunError(f"{file}: not a flowbench results table (no column 'method')")
+    if table.empty:
+        raise IncompleteRunError(f"{file}: no rows, only a header")
     missing = [c for c in need if c not in table.columns]
     if missing:
         raise IncompleteRunError(

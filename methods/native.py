@@ -85,8 +85,14 @@ def build(name: str, cc: str | None = None, out_dir: Path | None = None) -> Kern
     if cc is None:
         return Kernel(None, "no C compiler found ($CC, cc)")
     try:
-        source = (CSRC / f"{name}.c").read_bytes()
         out_dir = out_dir or cache_dir()
+    except RuntimeError as e:  # Path.home() with neither $HOME nor a user database entry
+        return Kernel(None, f"no kernel cache folder ({e}); FLOWBENCH_KERNEL_CACHE selects one")
+    try:
+        source = (CSRC / f"{name}.c").read_bytes()
+    except OSError as e:
+        return Kernel(None, f"no kernel source {CSRC / f'{name}.c'} ({e.strerror or e})")
+    try:
         cmd = shlex.split(cc)
         out = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=30)
         version = (out.stdout.strip().splitlines() or [cc])[0]
@@ -101,6 +107,8 @@ def build(name: str, cc: str | None = None, out_dir: Path | None = None) -> Kern
         path = out_dir / f"{name}-{key}.so"
         try:
             if not path.is_file():
+                if (why := _unwritable(out_dir)) is not None:
+                    return Kernel(None, why)
                 _compile(cmd, flags, source, path)
             lib = ctypes.CDLL(str(path))
         except (OSError, subprocess.SubprocessError, RuntimeError) as e:
@@ -109,6 +117,21 @@ def build(name: str, cc: str | None = None, out_dir: Path | None = None) -> Kern
         threads = "OpenMP on torch's threads" if extra else "one thread"
         return Kernel(lib, f"{version}, {' '.join(FLAGS[:2])}, {threads}")
     return Kernel(None, f"{cc} failed: " + "; ".join(errors))
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why no new library can be written into the cache folder, or None when one can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        where = f": {e.filename}" if e.filename and Path(e.filename) != folder else ""
+        return (
+            f"the kernel cache folder {folder} cannot be written (writing there failed: "
+            f"{e.strerror or e}{where}); FLOWBENCH_KERNEL_CACHE selects another"
+        )
+    return None
 
 
 def _compile(cc: list[str], flags: tuple[str, ...], source: bytes, path: Path) -> None:

@@ -139,3 +139,51 @@ def test_compare_rejects_a_results_file_with_duplicate_rows(tmp_path):
     pd.concat([t, t]).to_csv(tmp_path / "dup.csv", index=False)
     with pytest.raises(IncompleteRunError, match="more than one row"):
         load_results(tmp_path / "dup.csv")
+
+
+def test_a_gated_metric_the_new_run_lacks_fails_and_is_named(tmp_path, capsys):
+    """It compared as "No regression." (exit 0): a column only the baseline has was never
+    looked at."""
+
+    def edit(t):
+        del t["fid_domain"], t["latency_b1_vs_cal"]
+
+    new = edited(tmp_path, edit)
+    code, out = run_compare(capsys, BASELINE, new)
+    assert code == 2 and "No regression." not in out
+    assert out.startswith(f"error: {new / 'results.csv'}: no column 'latency_b1_vs_cal', ")
+    assert "'fid_domain', which the baseline" in out
+
+
+def test_a_metric_the_baseline_never_measured_may_be_missing(tmp_path, capsys):
+    def empty(t):
+        t["kid_domain"] = float("nan")
+
+    def gone(t):
+        del t["kid_domain"]
+
+    code, out = run_compare(capsys, edited(tmp_path / "a", empty), edited(tmp_path / "b", gone))
+    assert code == 0 and "No regression." in out and "kid_domain" not in out
+
+
+def test_a_metric_only_the_new_run_has_is_not_judged(tmp_path):
+    def new_only(t):
+        t["fid_inception"] = 1.0
+
+    table, regressed = compare(
+        load_results(BASELINE), load_results(edited(tmp_path, new_only)), CompareConfig()
+    )
+    assert not regressed and "fid_inception" not in set(table.metric)
+
+
+def test_a_non_numeric_metric_names_the_column_and_the_row(tmp_path, capsys):
+    def edit(t):
+        t["nfe"] = t["nfe"].astype(object)
+        t.loc[t.method == "biflow", "nfe"] = "one"
+
+    new = edited(tmp_path, edit)
+    code, out = run_compare(capsys, BASELINE, new)
+    assert code == 2 and out == (
+        f"error: {new / 'results.csv'}: column 'nfe' holds 'one', not a number, in row "
+        "(biflow, default, 0)\n"
+    )

@@ -41,9 +41,8 @@ def refused(path: Path, *, need: tuple[str, ...] = ()) -> str:
 
 def test_a_complete_folder(tmp_path):
     d = folder(tmp_path, models={"m": {"params": 3}})
-    pd.DataFrame({"method": ["biflow.r0"], "batch": [1], "ms_per_img": [2.0]}).to_csv(
-        d / "sweep.csv", index=False
-    )
+    sweep = {"method": ["biflow.r0"], "batch": [1], "ms_per_img": [2.0], "speedup_vs_tarflow": [3]}
+    pd.DataFrame(sweep).to_csv(d / "sweep.csv", index=False)
     run = load_run(d, need=("nfe",))
     assert isinstance(run, Run) and run.dir == run.source == d
     assert run.config == {"name": "toy"} and run.info["models"] == {"m": {"params": 3}}
@@ -108,6 +107,27 @@ def test_a_torn_run_json(tmp_path):
     assert refused(d).startswith(f"{d / 'run.json'}: unreadable (")
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[]", "holds a JSON array, not a run's record (a JSON object)"),
+        ('"complete"', "holds a JSON string, not a run's record"),
+        ("null", "holds a JSON null, not a run's record"),
+        ('{"status": "complete", "config": "toy"}', "'config' is a JSON string, not an object"),
+        ('{"status": "complete", "stages": [1]}', "'stages' is a JSON array, not an object"),
+    ],
+)
+def test_a_run_json_that_is_not_a_record(tmp_path, text, why):
+    d = folder(tmp_path)
+    (d / "run.json").write_text(text)
+    assert refused(d).startswith(f"{d / 'run.json'}: {why}")
+
+
+def test_records_may_be_null(tmp_path):
+    d = folder(tmp_path, models=None, config=None)
+    assert load_run(d).config == {}
+
+
 def test_missing_results_of_a_complete_run(tmp_path):
     d = folder(tmp_path)
     (d / "results.csv").unlink()
@@ -121,10 +141,25 @@ def test_an_unreadable_results_csv(tmp_path, content):
     assert refused(d).startswith(f"{d / 'results.csv'}: unreadable")
 
 
+def test_an_unreadable_results_csv_is_one_line(tmp_path):
+    d = folder(tmp_path)
+    (d / "results.csv").write_bytes(bytes(range(256)))  # pandas' message ends in a newline
+    msg = refused(d)
+    assert msg.startswith(f"{d / 'results.csv'}: unreadable (Error tokenizing") and "\n" not in msg
+
+
+def test_a_results_csv_with_only_a_header(tmp_path):
+    d = folder(tmp_path)
+    (d / "results.csv").write_text("method,variant,replicate,nfe\n")
+    assert refused(d) == f"{d / 'results.csv'}: no rows, only a header"
+
+
 def test_an_unreadable_sweep_csv(tmp_path):
     d = folder(tmp_path)
     (d / "sweep.csv").write_bytes(b"")
     assert refused(d).startswith(f"{d / 'sweep.csv'}: unreadable")
+    pd.DataFrame({"method": ["x"], "batch": [1]}).to_csv(d / "sweep.csv", index=False)
+    assert refused(d) == f"{d / 'sweep.csv'}: no column 'ms_per_img', 'speedup_vs_tarflow'"
 
 
 def test_missing_columns_are_named(tmp_path):
