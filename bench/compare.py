@@ -26,10 +26,9 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from tabulate import tabulate
 
-from bench import runfolder
+from bench import config_file, runfolder
 from bench.columns import GATED, Column
 from bench.config import CompareConfig, ConfigError, parse_section
 from bench.runfolder import ROW_KEY, Run
@@ -55,7 +54,7 @@ def thresholds(results: Run, overrides: list[str] = ()) -> CompareConfig:
         key = key.strip().removeprefix("compare.")
         if not text or "." in key:
             raise ConfigError(f"--set {assignment!r}: expected compare.<field>=<number>")
-        raw[key] = yaml.safe_load(text)
+        raw[key] = config_file.parse(text, f"--set compare.{key}")
     return parse_section(CompareConfig, raw, "compare.")
 
 

@@ -86,6 +86,20 @@ def test_thresholds_come_from_the_config_and_the_command_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "value, message",
+    [
+        (".nan", "compare.fid_abs: got nan; allowed: a finite number"),
+        (".inf", "compare.fid_abs: got inf; allowed: a finite number"),
+        ("&a 1", "--set compare.fid_abs: anchor &a: anchors are not allowed"),
+    ],
+)
+def test_a_threshold_that_would_turn_the_gate_off_is_refused(capsys, value, message):
+    assert main(["compare", str(BASELINE), str(BASELINE), "--set", f"compare.fid_abs={value}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+@pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda tmp: tmp / "nothing", "not a run folder (no such file or folder)"),
