@@ -10,7 +10,7 @@ from tabulate import tabulate
 
 from bench.columns import Column, pick, view
 from bench.plots import FIGURES
-from bench.runfolder import Run, entry_names, load_run
+from bench.runfolder import IncompleteRunError, Run, entry_names, load_run
 from methods import label
 from methods.atomic import write_text
 
@@ -330,11 +330,24 @@ def render(run: Run, links: str = "") -> str:
     )
 
 
+def _load(run_dir: Path, need: tuple[str, ...] = ()) -> Run:
+    """The finished run, with the records a report states how its numbers were obtained from
+    (a run.json without them was not written by a finished run of this suite)."""
+    run = load_run(run_dir, need)
+    missing = [k for k in ("environment", "dataset") if not run.info.get(k)]
+    if missing:
+        raise IncompleteRunError(
+            f"{run_dir}: run.json has no {' or '.join(missing)} record; a report needs them "
+            "to say how its numbers were obtained"
+        )
+    return run
+
+
 def write(run_dir: Path, out: Path | None = None) -> Path:
     """Write report.md of the finished run in ``run_dir`` (IncompleteRunError if it is not
     one) into the run folder, or to ``out`` with links back into it; return its path. Writes
     nothing else: the figures it links come from bench.plots.write_figures, run before."""
-    run = load_run(run_dir, NEED)
+    run = _load(run_dir, NEED)
     if out is None:
         path, links = run_dir / "report.md", ""
     else:
@@ -348,7 +361,7 @@ def render_many(run_dirs: list[Path]) -> str:
     """One table across several run folders: each row names its run."""
     frames = []
     for d in run_dirs:
-        run = load_run(d)
+        run = _load(d)
         t = run.results.copy()
         t.insert(0, "run", d.name)
         t.insert(1, "device_name", run.info["environment"]["device_name"])

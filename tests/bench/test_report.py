@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -98,3 +99,17 @@ def test_the_tables_render_from_the_registry(tmp_path):
     main_header = "| " + " | ".join(c.header for c in report.MAIN)
     assert main_header.replace(" ", "") in text.replace(" ", "")
     assert "| GFLOP/img " in text and "| KID domain " in text
+
+
+def test_a_run_json_without_its_environment_is_refused_by_name(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(BASELINE, run)
+    info = json.loads((run / "run.json").read_text())
+    del info["environment"]
+    (run / "run.json").write_text(json.dumps(info))
+    before = (run / "report.md").read_bytes()
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {run}: run.json has no environment record; a report needs them to "
+                   "say how its numbers were obtained"]  # fmt: skip
+    assert (run / "report.md").read_bytes() == before
