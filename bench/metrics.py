@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_fidelity
@@ -26,7 +28,6 @@ from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import (
     create_feature_extractor,
-    extract_featuresdict_from_input_id_cached,
     get_featuresdict_from_dataset,
     resolve_feature_layer_for_metric,
 )
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 
 from bench.config import ClassifierConfig
 from methods import checkpoint, dist
-from methods.atomic import sha256_file, write_text
+from methods.atomic import atomic_write, sha256_file, write_text
 
 DOMAIN = "flowbench-domain"
 
@@ -181,66 +182,125 @@ def classifier_accuracy(path: Path, images: torch.Tensor, labels: torch.Tensor) 
 
 
 class CacheIntegrityError(RuntimeError):
-    """A cached statistics file does not match the digest recorded when it was written."""
+    """A cached reference-features file does not match the digest recorded when it was written,
+    or is not a plain array file."""
+
+
+# Reference features live in ``<name>-features.npz`` (one float array per feature layer, read
+# with ``allow_pickle=False``: the file cannot carry code) beside ``<name>.sha256.json``, which
+# records its digest (catches corruption; the format, not the digest, stops tampering).
+CACHE_FORMAT = "npz-1"
 
 
 def _manifest(folder: Path, name: str) -> Path:
     return folder / f"{name}.sha256.json"
 
 
-def _cache_files(folder: Path, name: str) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p for p in folder.iterdir() if p.name.startswith(f"{name}-") and p.suffix == ".pt"
-    )
+def _features_file(folder: Path, name: str) -> Path:
+    return folder / f"{name}-features.npz"
 
 
-def verify_reference_cache(folder: Path, name: str) -> set[str]:
-    """Check torch-fidelity's cached reference features against the digests recorded when they
-    were written. A mismatch or a missing file is an error naming the file; files with no
-    record (a write an interrupted run never finished) are discarded and recomputed."""
+def _drop_old_format(folder: Path, name: str) -> None:
+    """Remove the torch-fidelity pickles (``<name>-*.pt``) and their record that this cache used
+    to hold, with one line saying so: they are never loaded (a pickle can run code when read),
+    only recomputed."""
     manifest = _manifest(folder, name)
-    recorded: dict[str, str] = {}
-    if manifest.exists():
+    pickles = (
+        sorted(p for p in folder.iterdir() if p.name.startswith(f"{name}-") and p.suffix == ".pt")
+        if folder.is_dir()
+        else []
+    )
+    stale = False
+    if manifest.is_file():
         try:
-            record = json.loads(manifest.read_text())
-            recorded = dict(record["files"])
-            if record.get("key") != name:
-                raise ValueError(f"made for {record.get('key')!r}")
-        except (ValueError, KeyError, TypeError) as e:
-            raise CacheIntegrityError(
-                f"{manifest}: unreadable integrity record ({e}); delete it and the "
-                f"{name}-*.pt files next to it to recompute"
-            ) from None
-    for fname, digest in recorded.items():
-        path = folder / fname
-        if not path.is_file():
-            raise CacheIntegrityError(
-                f"{path}: listed in {manifest.name} but missing; "
-                f"delete {manifest.name} to recompute"
-            )
-        if sha256_file(path) != digest:
-            raise CacheIntegrityError(
-                f"{path}: content does not match the digest recorded when it was written "
-                "(corrupted or modified); delete it to recompute"
-            )
-    for path in _cache_files(folder, name):
-        if path.name not in recorded:
+            stale = json.loads(manifest.read_text()).get("format") != CACHE_FORMAT
+        except (ValueError, AttributeError):
+            pass  # unreadable: verification names it
+    if not pickles and not stale:
+        return
+    record = " and its digest record" if stale else ""
+    print(
+        f"[bench] {folder}: old-format reference cache of {name} ({len(pickles)} torch pickle "
+        f"file(s){record}) removed unread; recomputing it as .npz",
+        flush=True,
+    )
+    for path in pickles + ([manifest] if stale else []):
+        path.unlink()
+
+
+def _recorded_digest(folder: Path, name: str) -> str | None:
+    """The digest recorded for the features file (None: no record, so nothing to trust)."""
+    manifest, path = _manifest(folder, name), _features_file(folder, name)
+    if not manifest.exists():
+        if path.exists():
             print(f"[bench] discarding unverified cache file {path} (unfinished write)", flush=True)
             path.unlink()
-    return set(recorded)
+        return None
+    try:
+        record = json.loads(manifest.read_text())
+        if record.get("key") != name:
+            raise ValueError(f"made for {record.get('key')!r}")
+        digest = record["files"][path.name]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CacheIntegrityError(
+            f"{manifest}: unreadable integrity record ({e}); delete it and {path.name} to recompute"
+        ) from None
+    if not path.is_file():
+        raise CacheIntegrityError(
+            f"{path}: listed in {manifest.name} but missing; delete {manifest.name} to recompute"
+        )
+    return digest
 
 
-def record_reference_cache(folder: Path, name: str, recorded: set[str]) -> None:
-    """Record the digests of the cache files torch-fidelity wrote; a no-op when every file was
-    already recorded (the common case: the reference set is scored once per extractor)."""
-    paths = _cache_files(folder, name)
-    if {p.name for p in paths} <= recorded:
-        return
-    files = {p.name: sha256_file(p) for p in paths}
-    if files:
-        write_text(_manifest(folder, name), json.dumps({"key": name, "files": files}, indent=1))
+def load_reference_features(
+    folder: Path, name: str, layers: list[str]
+) -> dict[str, torch.Tensor] | None:
+    """Cached reference features of ``layers`` (None: not cached, or not all of them: the caller
+    extracts them). A file that fails its digest or holds anything but numeric arrays is an
+    error naming it; nothing in it is ever executed."""
+    _drop_old_format(folder, name)
+    digest = _recorded_digest(folder, name)
+    if digest is None:
+        return None
+    path = _features_file(folder, name)
+    if sha256_file(path) != digest:
+        raise CacheIntegrityError(
+            f"{path}: content does not match the digest recorded when it was written "
+            "(corrupted or modified); delete it to recompute"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if not all(isinstance(a, np.ndarray) and a.dtype.kind in "fiu" for a in arrays.values()):
+            raise ValueError("holds a non-numeric entry")
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise CacheIntegrityError(
+            f"{path}: not a plain array file ({str(e)[:200]}); delete it to recompute"
+        ) from None
+    if not set(layers) <= set(arrays):
+        return None
+    return {k: torch.from_numpy(arrays[k]) for k in layers}
+
+
+def save_reference_features(folder: Path, name: str, feats: dict[str, torch.Tensor]) -> None:
+    """Write the features as plain arrays, then record their digest (a kill in between leaves
+    an unrecorded file, discarded on the next read)."""
+    path = _features_file(folder, name)
+    arrays = {k: v.detach().cpu().numpy() for k, v in feats.items()}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+    record = {"key": name, "format": CACHE_FORMAT, "files": {path.name: sha256_file(path)}}
+    write_text(_manifest(folder, name), json.dumps(record, indent=1))
+
+
+def _extract(images: torch.Tensor, fe, batch_size: int, cuda: bool) -> dict[str, torch.Tensor]:
+    """torch-fidelity's feature extraction of uint8 images, in this process (no workers)."""
+    ds = ImageTensorDataset(images)
+    return get_featuresdict_from_dataset(ds, fe, batch_size, cuda, save_cpu_ram=True, verbose=False)
 
 
 def fidelity_metrics(
@@ -260,9 +320,11 @@ def fidelity_metrics(
     The steps are those of ``torch_fidelity.calculate_metrics``, with the generated images'
     features extracted in shards: under torchrun each rank extracts its share (whole batches,
     in order) and the features are gathered before any statistic, so the numbers equal a single
-    process's. The reference features come from torch-fidelity's cached extraction (rank 0
-    extracts them once; ``reference_cache`` = (folder, name) must identify the dataset, split,
-    image count and extractor weights). Statistics are computed on rank 0 and broadcast.
+    process's. The reference features are extracted once by rank 0 and kept as plain arrays
+    (:func:`load_reference_features`; ``reference_cache`` = (folder, name) must identify the
+    dataset, split, image count and extractor weights). torch-fidelity itself never caches: its
+    cache files are pickles it loads with ``weights_only=False``. Statistics are computed on
+    rank 0 and broadcast.
     """
     kwargs = {
         "feature_extractor": extractor,
@@ -272,7 +334,7 @@ def fidelity_metrics(
         "save_cpu_ram": True,  # no DataLoader worker processes
         "verbose": False,
         "kid_subset_size": min(kid_subset, len(generated), len(reference)),
-        "cache": False,
+        "cache": False,  # torch-fidelity's own cache is pickles: never written, never read
     }
     layers = {m: resolve_feature_layer_for_metric(m, **kwargs) for m in ("fid", "kid", "prc")}
     if isc:
@@ -281,22 +343,19 @@ def fidelity_metrics(
 
     start, stop = dist.shard(len(generated), batch_size)
     mine = generated[start:stop] if stop > start else generated[:1]  # an empty share: shapes only
-    local = get_featuresdict_from_dataset(
-        ImageTensorDataset(mine), fe, batch_size, cuda, save_cpu_ram=True, verbose=False
-    )
+    local = _extract(mine, fe, batch_size, cuda)
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     feats = {k: dist.gather_cat(v[: stop - start], device) for k, v in local.items()}
 
     out: dict[str, float] | None = None
     if dist.is_main():
-        ref_kwargs = {**kwargs, "input2": ImageTensorDataset(reference)}
+        ref = None
         if reference_cache is not None:
-            folder, name = reference_cache
-            recorded = verify_reference_cache(folder, name)
-            ref_kwargs |= {"cache": True, "cache_root": str(folder), "input2_cache_name": name}
-        ref = extract_featuresdict_from_input_id_cached(2, fe, **ref_kwargs)
-        if reference_cache is not None:
-            record_reference_cache(folder, name, recorded)
+            ref = load_reference_features(*reference_cache, fe.get_requested_features_list())
+        if ref is None:
+            ref = _extract(reference, fe, batch_size, cuda)
+            if reference_cache is not None:
+                save_reference_features(*reference_cache, ref)
         fid = fid_statistics_to_metric(
             fid_featuresdict_to_statistics(feats, layers["fid"]),
             fid_featuresdict_to_statistics(ref, layers["fid"]),

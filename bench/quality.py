@@ -11,6 +11,7 @@ import torch
 from bench.config import BenchConfig
 from bench.inception import (
     OFFLINE,
+    STANDARD,
     UnavailableError,
     clean_features,
     clean_fid_from_features,
@@ -118,7 +119,7 @@ class Scorer:
                     lambda: fidelity_metrics(
                         gen,
                         ref,
-                        "inception-v3-compat",
+                        STANDARD,
                         weights,
                         kid,
                         cuda=self.cuda,
