@@ -61,7 +61,7 @@ def test_a_corrupted_cached_reference_file_is_refused_by_name(domain, digits, tm
     first = fidelity_metrics(digits[:64], digits[64:192], DOMAIN, domain, 32, reference_cache=cache)
     again = fidelity_metrics(digits[:64], digits[64:192], DOMAIN, domain, 32, reference_cache=cache)
     assert again == first  # served from the verified cache
-    stat = next((tmp_path / "stats").glob("digits-ref-*features*.pt"))
+    stat = next((tmp_path / "stats").glob("digits-ref-*features*.npz"))
     data = bytearray(stat.read_bytes())
     data[len(data) // 2] ^= 0xFF
     stat.write_bytes(bytes(data))
