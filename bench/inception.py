@@ -188,6 +188,13 @@ class StandardInceptionExtractor(FeatureExtractorInceptionV3):
                 f"than torch-fidelity's Inception ({_gist(e)})"
             ) from None
 
+    def forward(self, x):
+        """torch-fidelity's forward; grey images (b, 1, H, W) as RGB with the grey value in
+        every channel, as the offline Inception takes them (torch-fidelity refuses them)."""
+        if x.dim() == 4 and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return super().forward(x)
+
 
 if STANDARD not in FEATURE_EXTRACTORS_REGISTRY:
     torch_fidelity.register_feature_extractor(STANDARD, StandardInceptionExtractor)

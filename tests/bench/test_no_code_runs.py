@@ -158,10 +158,14 @@ def test_the_standard_extractor_is_torch_fidelitys_network_with_the_same_weights
     torch.save(state, path)
     ours = StandardInceptionExtractor(STANDARD, ["2048"], feature_extractor_weights_path=path)
     assert isinstance(ours, tfi.FeatureExtractorInceptionV3)
-    assert type(ours).forward is tfi.FeatureExtractorInceptionV3.forward
     got = ours.state_dict()
     assert got.keys() == state.keys()
     assert all(torch.equal(got[k], v) and got[k].dtype == v.dtype for k, v in state.items())
+    # Grey digits go through as RGB copies (torch-fidelity's own forward refuses 1 channel).
+    grey = torch.randint(0, 256, (1, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        a, b = ours(grey), tfi.FeatureExtractorInceptionV3.forward(ours, grey.expand(-1, 3, -1, -1))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _record(folder: Path, name: str, files: dict[str, Path], **extra) -> None:
