@@ -51,14 +51,21 @@ def save_payload(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save({**body, "digest": tensor_digest(body)}, tmp))
 
 
+def _gist(e: BaseException) -> str:
+    """One line of a load error: the weights-only unpickler's "unsupported GLOBAL" line (what
+    a code-carrying file tried to call) when there is one, else its first line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or ["(no message)"]
+    return next((ln for ln in lines if "GLOBAL" in ln), lines[0])[:200]
+
+
 def load_payload(path: Path, kind: str | None = None, key: str = "") -> dict[str, Any]:
     """Read a payload written by :func:`save_payload`; verify its digest and, when given, that
     it holds a ``kind`` checkpoint made by the config with cache key ``key``."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt or not a checkpoint at all
+    except Exception as e:  # truncated, corrupt, code-carrying or not a checkpoint at all
         raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {_gist(e)}); "
             "delete it to retrain, or restore it from a copy"
         ) from None
     if not isinstance(payload, dict) or "digest" not in payload:

@@ -90,6 +90,7 @@ def test_a_checkpoint_is_refused_unread(tmp_path, marker):
     with pytest.raises(CheckpointError) as e:
         checkpoint.load(path, "tarflow", {}, nn.Linear(1, 1))
     assert str(path) in one_line(e.value) and "not a readable checkpoint" in str(e.value)
+    assert "\n" not in str(e.value) and "GLOBAL posix" in str(e.value)  # what it tried to call
 
 
 def test_a_training_state_is_refused_unread(tmp_path, marker):
