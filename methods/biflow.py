@@ -22,6 +22,7 @@ from methods.flow import TarFlow, guidance_error
 from methods.kinds import ModelKind, Models, Services, Shape, register_kind
 from methods.registry import register
 from methods.score_denoise import tweedie_step
+from methods.tarflow import decode_problems
 from methods.training import Labels
 from methods.transformer import Layer
 from methods.validate import FieldError, check
@@ -272,7 +273,8 @@ class BiFlowSampler(Sampler):
     @classmethod
     def problems(cls, cfg: Any, device: torch.device) -> list[str]:
         w, n, gmax = cfg.sampling.guidance, cfg.tarflow.num_classes, cfg.biflow.guidance_max
-        return [p] if (p := guidance_error(w, n, gmax)) else []
+        out = [p] if (p := guidance_error(w, n, gmax)) else []
+        return out + decode_problems(cfg, device)  # the run's fairness check decodes its flow
 
     def networks(self) -> list[nn.Module]:
         return [self.g]

@@ -102,11 +102,7 @@ class TarFlowSampler(Sampler):
     def problems(cls, cfg: Any, device: torch.device) -> list[str]:
         s, t = cfg.sampling, cfg.tarflow
         out = [p] if (p := guidance_error(s.guidance, t.num_classes)) else []
-        if s.decode_kernel == "native":
-            dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
-            if p := native_problem(device, dtype, t.width // t.heads, s.compile):
-                out.append(f"sampling.decode_kernel: native cannot run: {p}")
-        return out
+        return out + decode_problems(cfg, device)
 
     def networks(self) -> list[nn.Module]:
         return self.flow.networks()
@@ -132,6 +128,18 @@ class TarFlowSampler(Sampler):
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.flow.reverse(z, self.cached, self.static, y, self.guidance, self.kernel)
+
+
+def decode_problems(cfg: Any, device: torch.device) -> list[str]:
+    """Why the flow of ``cfg`` cannot be causally decoded as ``sampling.decode_kernel`` asks
+    (every sampler built on the flow: the run's fairness check decodes it too)."""
+    s, t = cfg.sampling, cfg.tarflow
+    if s.decode_kernel != "native":
+        return []
+    dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
+    if p := native_problem(device, dtype, t.width // t.heads, s.compile):
+        return [f"sampling.decode_kernel: native cannot run: {p}"]
+    return []
 
 
 def _flow_example(flow: TarFlow, models: Models) -> tuple[tuple, dict]:

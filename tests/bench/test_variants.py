@@ -40,6 +40,11 @@ def test_a_replicate_shifts_every_model_kinds_training_seed():
     [
         (["sampling.guidance=1.0"], "tarflow: sampling.guidance: got 1.0; classifier-free"),
         (["methods=[biflow]", "sampling.guidance=1.0"], "biflow: sampling.guidance: got 1.0"),
+        # BiFlow too: the run's fairness check decodes its flow with the run's kernel.
+        (
+            ["methods=[biflow]", "sampling.decode_kernel=native", "sampling.precision=bf16"],
+            "biflow: sampling.decode_kernel: native cannot run: it computes in float32",
+        ),
     ],
 )
 def test_choices_a_sampler_cannot_honour_are_refused(overrides, message):
