@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from bench.config import BenchConfig, ConfigError
+from bench.runfolder import json_kind
 from methods import atomic, dist
 from methods.kinds import kinds
 
@@ -83,6 +84,19 @@ def unlock(run_dir: Path) -> None:
         os.close(fd)
 
 
+def abandon(run_dir: Path) -> None:
+    """Undo a run that failed before its run.json existed: drop its lock and, when nothing
+    else is in it, the folder it created."""
+    if (run_dir / "run.json").exists():
+        return
+    unlock(run_dir)
+    (run_dir / LOCK).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()  # only when empty: a folder the user made stays
+    except OSError:
+        pass
+
+
 def _read_info(path: Path, flag: str, run_dir: Path) -> dict:
     """run.json as a mapping, or one line saying why it cannot be read."""
     try:
@@ -91,7 +105,8 @@ def _read_info(path: Path, flag: str, run_dir: Path) -> dict:
         raise ConfigError(f"{flag} {run_dir}: holds an unreadable run.json ({e})") from None
     if not isinstance(info, dict):
         raise ConfigError(
-            f"{flag} {run_dir}: run.json holds a {type(info).__name__}, not a run's record"
+            f"{flag} {run_dir}: run.json holds a JSON {json_kind(info)}, not a run's record (a "
+            "JSON object)"
         )
     return info
 
@@ -236,6 +251,11 @@ def locate(
         raise ConfigError(f"{flag} {run_dir}: not a folder")
     if resume is not None and not (run_dir / "run.json").is_file():
         raise ConfigError(f"--resume {run_dir}: no run.json; not a run folder")
+    if resume is None and (run_dir / "run.json").is_file():  # refused unlocked: nothing written
+        if _read_info(run_dir / "run.json", "--out", run_dir).get("status") == "complete":
+            raise ConfigError(
+                f"--out {run_dir}: already holds a finished run; choose another folder"
+            )
     lock(run_dir, flag)
     if resume is None and (run_dir / "run.json").is_file():
         status = _read_info(run_dir / "run.json", "--out", run_dir).get("status")

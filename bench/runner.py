@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 import methods
@@ -27,10 +26,12 @@ from bench.flops import matmul_peak
 from bench.likelihood import likelihood
 from bench.models import ModelStore, build_sampler
 from bench.quality import Scorer
+from bench.results import write_results
 from bench.rundir import (
     BenchError,
     Parts,
     Stages,
+    abandon,
     locate,
     make_folder,
     on_main,
@@ -42,7 +43,7 @@ from bench.rundir import (
 from bench.scoring import anchors, score_sampler, scored_seeds
 from bench.speed import time_samplers
 from bench.variants import Entry, causal_baseline, check_choices, entries, replicate_config
-from methods import atomic, dist, faults
+from methods import dist
 from methods.base import Sampler
 
 __all__ = ["STAGES", "BenchError", "Run", "Stage", "run"]
@@ -57,7 +58,6 @@ class Run:
     dir: Path  # the run folder
     splits: data.Splits
     device: torch.device
-    retrain: bool
     info: dict  # run.json, written after every finished stage
     timer: Stages
     parts: Parts
@@ -189,57 +189,6 @@ def _likelihood(r: Run) -> dict:
     return likelihood(r.todo, r.store, r.splits, r.cfg, r.device)
 
 
-def _write_results(r: Run) -> None:
-    """One row per entry (and anchor) with every measured figure: results.csv/.parquet, and
-    the timing sweep: sweep.csv; then run.json says "complete"."""
-    table, unavailable = _table(r)
-    atomic.atomic_write(r.dir / "results.csv", lambda p: table.to_csv(p, index=False))
-    faults.point("write:results")
-    sweep = pd.DataFrame(r.out["timing"]["sweep"])
-    atomic.atomic_write(r.dir / "sweep.csv", lambda p: sweep.to_csv(p, index=False))
-    atomic.atomic_write(r.dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
-    r.info.update(
-        status="complete",
-        finished=datetime.now(UTC).isoformat(),
-        models=r.parts.get("models"),
-        unavailable_metrics=unavailable,
-        **r.out["likelihood"],
-    )
-    write_json(r.dir / "run.json", r.info)
-
-
-def _table(r: Run) -> tuple[pd.DataFrame, dict[str, str]]:
-    timings, fl, mem = r.out["timing"]["main"], r.out["flops"], r.out.get("memory", {})
-    r.info["matmul_peak_gflop_s"] = fl["matmul_peak"] / 1e9
-    rows = [dict(row) for row in r.out["score"].values()]
-    for row in rows:
-        n = row["key"]
-        achieved = fl["per_img"][n] * timings[n]["throughput_img_s"]
-        row.update(
-            flops_per_img=fl["per_img"][n],
-            achieved_gflop_s=achieved / 1e9,
-            peak_fraction=achieved / fl["matmul_peak"],
-        )
-        row.update(timings[n])
-        row.update(mem.get(n, {}))
-        if r.compile_s:
-            row["compile_s"] = r.compile_s[n]
-    rows += [dict(a) for rows_r in r.out["anchors"].values() for a in rows_r]
-    unavailable: dict[str, str] = {}
-    for row in rows:
-        unavailable |= row.pop("unavailable", {})
-    table = pd.DataFrame(rows)
-    baselines = {e.key: causal_baseline(e, r.todo) for e in r.todo}
-    if any(baselines.values()):
-        base = table["key"].map(baselines)  # anchors: NaN
-        lat = {row["key"]: row["latency_ms_b1"] for row in rows if "key" in row}
-        thr = {row["key"]: row["throughput_img_s"] for row in rows if "key" in row}
-        table["speedup_vs"] = base
-        table["speedup_b1"] = base.map(lat) / table["latency_ms_b1"]
-        table["speedup_tput"] = table["throughput_img_s"] / base.map(thr)
-    return table, unavailable
-
-
 # The run, in order; then rank 0 writes the results, the figures and the report. Stages up to
 # the anchors run on every torchrun rank (sampling is sharded across them); the rest on rank 0.
 STAGES = [
@@ -274,6 +223,8 @@ def _run_stage(r: Run, s: Stage) -> None:
     for names, slot, arg in items:
         title, part = s.title.format(**names), s.part and s.part.format(**names)
         done = r.parts.get(part) if part else None
+        if s.all_ranks:  # every rank reuses what rank 0 found, or none does (no shared disk)
+            done = dist.broadcast(done)
         if done is not None:
             say(f"[bench] {title}: kept from an earlier attempt")
             results[slot] = done
@@ -325,10 +276,17 @@ def _run(cfg, base, out, retrain, resume, todo) -> Path:
     if previous is not None and previous.get("status") == "complete":
         if dist.is_main():
             say(f"[bench] {run_dir}: already complete; report regenerated")
+            plots.write_figures(run_dir, missing_only=True)
             report.write(run_dir)
         return run_dir
-    r = _start(cfg, base, run_dir, previous, retrain, device, todo, resolved, started, env)
     try:
+        r = _start(cfg, base, run_dir, previous, retrain, device, todo, resolved, started, env)
+    except BaseException:
+        if dist.is_main():
+            abandon(run_dir)  # nothing of a run was written: leave no folder behind
+        raise
+    try:
+        _prepare(r, retrain)
         _run_stages(r)
     except BaseException as e:
         r.info.update(
@@ -349,11 +307,12 @@ def _run_stages(r: Run) -> None:
         if s.when(r.cfg) and (s.all_ranks or dist.is_main()):
             _run_stage(r, s)
     if dist.is_main():
-        _write_results(r)
+        write_results(r)
 
 
 def _start(cfg, base, run_dir, previous, retrain, device, todo, resolved, started, env) -> Run:
-    """Load the data, open the run folder and mark the run "running" in run.json."""
+    """Load the data, then mark the run "running" in run.json (the last step: a run that
+    fails before it leaves nothing behind)."""
     # Wall time of each stage; a resumed run keeps the earlier attempts' times of stages it reuses.
     timer = Stages(dict(previous.get("stages", {})) if previous else {})
     with timer.stage("data"):
@@ -383,10 +342,13 @@ def _start(cfg, base, run_dir, previous, retrain, device, todo, resolved, starte
     info.pop("error", None)
     # run.json first: a folder holding it is a run's (bench.rundir refuses any other)
     write_json(run_dir / "run.json", info)
-    on_main(lambda: make_folder(run_dir, resolved))
-    parts = Parts(run_dir)
-    made = parts.get("models") or {}
+    return Run(cfg, base, run_dir, splits, device, info, timer, Parts(run_dir), todo)
+
+
+def _prepare(r: Run, retrain: bool) -> None:
+    """The resolved config beside run.json, and the model store (which knows the models an
+    interrupted attempt of this run already trained)."""
+    on_main(lambda: make_folder(r.dir, r.info["config"]))
+    made = r.parts.get("models") or {}
     trained = frozenset(v["checkpoint"] for v in made.values() if v["source"] == "trained")
-    r = Run(cfg, base, run_dir, splits, device, retrain, info, timer, parts, todo)
-    r.store = ModelStore(cfg, splits, r.cache_dir, device, retrain, made_by_this_run=trained)
-    return r
+    r.store = ModelStore(r.cfg, r.splits, r.cache_dir, r.device, retrain, made_by_this_run=trained)

@@ -131,13 +131,13 @@ def test_a_folder_that_holds_no_run_is_never_written(cfg, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml"]
 
 
-@pytest.mark.parametrize("text, kind", [("[]", "list"), ('"x"', "str"), ("3", "int")])
+@pytest.mark.parametrize("text, kind", [("[]", "array"), ('"x"', "string"), ("3", "number")])
 def test_a_run_json_that_is_not_a_record_is_one_line(cfg, tmp_path, text, kind):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "run.json").write_text(text)
     for out, resume in ((folder, None), (None, folder)):
-        with pytest.raises(ConfigError, match=f"run.json holds a {kind}, not a run's record"):
+        with pytest.raises(ConfigError, match=f"run.json holds a JSON {kind}, not a run's record"):
             locate(cfg, to_dict(cfg), WHEN, out, resume, False)
         unlock(folder)
 

@@ -1,0 +1,67 @@
+"""The results of a run: one row per entry (and anchor) with every measured figure, written as
+results.csv/.parquet beside the timing sweep, after which run.json says "complete"."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from bench.rundir import write_json
+from bench.variants import causal_baseline
+from methods import atomic, faults
+
+if TYPE_CHECKING:
+    from bench.runner import Run
+
+
+def write_results(r: Run) -> None:
+    """One row per entry (and anchor) with every measured figure: results.csv/.parquet, and
+    the timing sweep: sweep.csv; then run.json says "complete"."""
+    table, unavailable = table_of(r)
+    atomic.atomic_write(r.dir / "results.csv", lambda p: table.to_csv(p, index=False))
+    faults.point("write:results")
+    sweep = pd.DataFrame(r.out["timing"]["sweep"])
+    atomic.atomic_write(r.dir / "sweep.csv", lambda p: sweep.to_csv(p, index=False))
+    atomic.atomic_write(r.dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    r.info.update(
+        status="complete",
+        finished=datetime.now(UTC).isoformat(),
+        models=r.parts.get("models"),
+        unavailable_metrics=unavailable,
+        **r.out["likelihood"],
+    )
+    write_json(r.dir / "run.json", r.info)
+
+
+def table_of(r: Run) -> tuple[pd.DataFrame, dict[str, str]]:
+    timings, fl, mem = r.out["timing"]["main"], r.out["flops"], r.out.get("memory", {})
+    r.info["matmul_peak_gflop_s"] = fl["matmul_peak"] / 1e9
+    rows = [dict(row) for row in r.out["score"].values()]
+    for row in rows:
+        n = row["key"]
+        achieved = fl["per_img"][n] * timings[n]["throughput_img_s"]
+        row.update(
+            flops_per_img=fl["per_img"][n],
+            achieved_gflop_s=achieved / 1e9,
+            peak_fraction=achieved / fl["matmul_peak"],
+        )
+        row.update(timings[n])
+        row.update(mem.get(n, {}))
+        if r.compile_s:
+            row["compile_s"] = r.compile_s[n]
+    rows += [dict(a) for rows_r in r.out["anchors"].values() for a in rows_r]
+    unavailable: dict[str, str] = {}
+    for row in rows:
+        unavailable |= row.pop("unavailable", {})
+    table = pd.DataFrame(rows)
+    baselines = {e.key: causal_baseline(e, r.todo) for e in r.todo}
+    if any(baselines.values()):
+        base = table["key"].map(baselines)  # anchors: NaN
+        lat = {row["key"]: row["latency_ms_b1"] for row in rows if "key" in row}
+        thr = {row["key"]: row["throughput_img_s"] for row in rows if "key" in row}
+        table["speedup_vs"] = base
+        table["speedup_b1"] = base.map(lat) / table["latency_ms_b1"]
+        table["speedup_tput"] = table["throughput_img_s"] / base.map(thr)
+    return table, unavailable
