@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config_file import ConfigError, parse, read
+from bench.config_file import ConfigError, moved_keys, parse, read
 from methods.base import SamplingConfig
 from methods.registry import sections as method_sections
 from methods.validate import FieldError, check, shown
@@ -230,6 +230,8 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         declared = method_sections()
+        if clash := sorted(set(declared) & {f.name for f in dataclasses.fields(self)}):
+            raise TypeError(f"method config sections {clash} would hide BenchConfig's own")
         unknown = sorted(set(self.sections) - set(declared))
         if unknown:
             raise FieldError("sections", unknown, "registered sections: " + ", ".join(declared))
@@ -301,7 +303,13 @@ def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     if cls is BenchConfig:  # the methods' sections sit at the top level too
+        raw = moved_keys(raw)
         declared = method_sections()
+        if "sections" in raw:  # the field that holds them, never a key of the YAML
+            raise ConfigError(
+                "sections: unknown key; allowed in the top level: "
+                + ", ".join([n for n in names if n != "sections"] + list(declared))
+            )
         names = [n for n in names if n != "sections"] + list(declared)
         secs = {k: _coerce(k, v, declared[k]) for k, v in raw.items() if k in declared}
         raw = {k: v for k, v in raw.items() if k not in declared}

@@ -9,6 +9,7 @@ and values its constructors fail on with a bare ValueError (``!!int x``, the dat
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,20 @@ def read(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
     return raw
+
+
+# Keys that moved to a method's own section: read at their new place, with one warning line.
+MOVED = {f"sampling.jacobi_{k}": f"jacobi.{k}" for k in ("tol", "max_iters", "segment")}
+
+
+def moved_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with every key of :data:`MOVED` at its new place (an old config still runs)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for old, new in MOVED.items():
+        (osec, okey), (nsec, nkey) = old.split("."), new.split(".")
+        if isinstance(out.get(osec), dict) and okey in out[osec]:
+            value = out[osec].pop(okey)
+            if isinstance(out.setdefault(nsec, {}), dict):
+                out[nsec].setdefault(nkey, value)
+            print(f"warning: {old} is now {new}; read as {new}", file=sys.stderr, flush=True)
+    return out

@@ -88,3 +88,31 @@ def test_guidance_the_models_cannot_honour_is_refused_before_training(
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_a_moved_key_is_read_at_its_new_place_with_a_warning(tmp_path, capsys):
+    cfg = load_config(write(tmp_path, "sampling:\n  jacobi_tol: 0.01\n"))
+    assert cfg.jacobi.tol == 0.01
+    assert "warning: sampling.jacobi_tol is now jacobi.tol" in capsys.readouterr().err
+
+
+def test_the_field_that_holds_the_method_sections_is_not_a_key(tmp_path):
+    with pytest.raises(ConfigError, match="sections: unknown key; allowed in the top level"):
+        load_config(write(tmp_path, "sections: {jacobi: {tol: 1.0}}\njacobi: {tol: 0.5}\n"))
+
+
+def test_a_method_section_cannot_hide_a_field_of_the_config():
+    from dataclasses import dataclass
+
+    from methods.registry import _SECTIONS, register_section
+
+    @dataclass(frozen=True)
+    class Options:
+        tol: float = 1.0
+
+    register_section("eval", Options)  # a sampler naming its own section "eval"
+    try:
+        with pytest.raises(TypeError, match=r"sections \['eval'\] would hide"):
+            BenchConfig()
+    finally:
+        del _SECTIONS["eval"]
