@@ -271,11 +271,18 @@ def load_reference_features(
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-        if not all(isinstance(a, np.ndarray) and a.dtype.kind in "fiu" for a in arrays.values()):
-            raise ValueError("holds a non-numeric entry")
+        bad = [
+            k
+            for k, a in arrays.items()
+            if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu"
+        ]
+        if bad:
+            raise ValueError(f"its array {bad[0]!r} is not numeric")
     except (ValueError, OSError, zipfile.BadZipFile) as e:
+        # numpy's own text for an object array suggests loading it with pickle: never say so
+        why = "it holds pickled objects" if "allow_pickle" in str(e) else str(e)[:200]
         raise CacheIntegrityError(
-            f"{path}: not a plain array file ({str(e)[:200]}); delete it to recompute"
+            f"{path}: not a plain array file ({why}); it was not loaded; delete it to recompute"
         ) from None
     if not set(layers) <= set(arrays):
         return None

@@ -104,11 +104,13 @@ def _info(run_dir: Path) -> dict:
         raise IncompleteRunError(f"{path}: unreadable ({e})") from None
     if not isinstance(info, dict):
         raise IncompleteRunError(
-            f"{path}: holds a JSON {_kind(info)}, not a run's record (a JSON object)"
+            f"{path}: holds a JSON {json_kind(info)}, not a run's record (a JSON object)"
         )
     for key in OBJECTS:
         if info.get(key) is not None and not isinstance(info[key], dict):
-            raise IncompleteRunError(f"{path}: {key!r} is a JSON {_kind(info[key])}, not an object")
+            raise IncompleteRunError(
+                f"{path}: {key!r} is a JSON {json_kind(info[key])}, not an object"
+            )
     status = info.get("status")
     if status != "complete":
         why = WHY.get(status, f"unknown status {status!r}")
@@ -121,7 +123,7 @@ def _info(run_dir: Path) -> dict:
     return info
 
 
-def _kind(value: object) -> str:
+def json_kind(value: object) -> str:
     """What JSON calls the type of a parsed value."""
     names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
     names[type(None)] = "null"

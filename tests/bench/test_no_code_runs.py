@@ -230,6 +230,8 @@ def test_a_features_file_swapped_for_code_is_refused_even_with_its_digest_update
     with pytest.raises(CacheIntegrityError) as e:
         fidelity_metrics(*args, reference_cache=(folder, name))
     assert str(path) in one_line(e.value) and "not a plain array file" in str(e.value)
+    assert "allow_pickle" not in str(e.value) and "pickle.load" not in str(e.value)  # no advice
+    # to unpickle a file that was swapped for code
 
 
 def test_the_offline_inception_file_is_checked_before_torch_jit_load(tmp_path, marker):
