@@ -48,7 +48,10 @@ def load_results(path: Path) -> Run:
 
 def thresholds(results: Run, overrides: list[str] = ()) -> CompareConfig:
     """The new run's ``compare`` section (defaults for a bare file), then ``--set`` overrides."""
-    raw = dict((results.config or {}).get("compare", {}))
+    section = (results.config or {}).get("compare") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{results.source}: its config's compare section is not a mapping")
+    raw = dict(section)
     for assignment in overrides:
         key, _, text = assignment.partition("=")
         key = key.strip().removeprefix("compare.")

@@ -334,7 +334,9 @@ def _load(run_dir: Path, need: tuple[str, ...] = ()) -> Run:
     """The finished run, with the records a report states how its numbers were obtained from
     (a run.json without them was not written by a finished run of this suite)."""
     run = load_run(run_dir, need)
-    missing = [k for k in ("environment", "dataset") if not run.info.get(k)]
+    missing = [k for k in ("environment", "dataset", "config") if not run.info.get(k)]
+    if not missing and not (run.dir / "config.yaml").is_file():
+        raise IncompleteRunError(f"{run_dir}: no config.yaml; a report prints the run's config")
     if missing:
         raise IncompleteRunError(
             f"{run_dir}: run.json has no {' or '.join(missing)} record; a report needs them "

@@ -113,3 +113,12 @@ def test_a_run_json_without_its_environment_is_refused_by_name(tmp_path, capsys)
     assert err == [f"error: {run}: run.json has no environment record; a report needs them to "
                    "say how its numbers were obtained"]  # fmt: skip
     assert (run / "report.md").read_bytes() == before
+
+
+def test_a_run_folder_without_its_config_yaml_is_refused_by_name(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(BASELINE, run)
+    (run / "config.yaml").unlink()
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {run}: no config.yaml; a report prints the run's config"]
