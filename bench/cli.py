@@ -9,7 +9,7 @@ import select
 import sys
 from pathlib import Path
 
-from bench import dryrun, dryrun_render, plots, tables
+from bench import dryrun, dryrun_render, export, plots, tables
 from bench.compare import CompareError, compare, load_results, render, thresholds
 from bench.config import ConfigError, load_config, variant_config
 from bench.data import DataError
@@ -99,6 +99,19 @@ def _parser() -> argparse.ArgumentParser:
     tab.add_argument(
         "--out", type=Path, default=None, help="folder for the tables (default RUN_DIR/tables)"
     )
+    sa = sub.add_parser(
+        "sample", help="draw one sampler's images into an ADM-style .npz or a PNG folder"
+    )
+    sa.add_argument("config", type=Path, nargs="?", help="YAML config (or give --run)")
+    sa.add_argument("--run", type=Path, default=None, metavar="RUN_DIR", help="a finished run")
+    sa.add_argument("--method", required=True, metavar="KEY", help="the sampler's entry key")
+    sa.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sa.add_argument("--num", type=int, default=None, help="images (default eval.num_samples)")
+    sa.add_argument("--seed", type=int, default=None, help="image i from seed S + i")
+    sa.add_argument("--batch-size", type=int, default=None, help="default eval.batch_size")
+    sa.add_argument("--format", choices=export.FORMATS, default="npz")
+    sa.add_argument("--rgb", action="store_true", help="grey images as 3 equal channels")
+    sa.add_argument("--out", type=Path, required=True, help="the .npz file or PNG folder")
     return p
 
 
@@ -159,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                 _out(text)
         elif args.command == "tables":
             _out(tables.write(args.run_dir, args.out))
+        elif args.command == "sample":
+            if (path := export.sample_command(args)) is not None:
+                _out(f"[bench] wrote {path}")
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

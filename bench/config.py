@@ -93,6 +93,7 @@ class EvalConfig:
     kid_subset: int = 250  # KID subset size (<= num_samples)
     sweep_batches: tuple[int, ...] = (1, 4, 16, 64)  # timing sweep (plus throughput_batch)
     memory: bool = True  # peak memory of each sampler (CPU: one fresh process each, ~8 s)
+    export: str = ""  # also write the scored images: "" (off), npz or png (docs/export.md)
 
     def __post_init__(self) -> None:
         check(
@@ -106,14 +107,11 @@ class EvalConfig:
             throughput_repeats=(1, None),
             grid=(1, MAX_IMAGES),
             kid_subset=(2, None),
+            export=("", "npz", "png"),
         )
-        if (
-            not self.sweep_batches
-            or not 1 <= min(self.sweep_batches) <= max(self.sweep_batches) <= MAX_IMAGES
-        ):
-            raise FieldError(
-                "sweep_batches", list(self.sweep_batches), f"batch sizes from 1 to {MAX_IMAGES}"
-            )
+        sweep = self.sweep_batches
+        if not sweep or not 1 <= min(sweep) <= max(sweep) <= MAX_IMAGES:
+            raise FieldError("sweep_batches", list(sweep), f"batch sizes from 1 to {MAX_IMAGES}")
         if self.kid_subset > self.num_samples:
             raise FieldError("kid_subset", self.kid_subset, f"<= num_samples ({self.num_samples})")
 

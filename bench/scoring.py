@@ -9,11 +9,12 @@ import torch
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-from bench import data
+from bench import data, export
 from bench.config import BenchConfig
+from bench.environment import environment
 from bench.quality import Scorer
 from methods import atomic, dist, faults
-from methods.base import Sampler, noise_for_seeds, to_uint8
+from methods.base import Sampler, labels_for_seeds, noise_for_seeds, to_uint8
 
 
 def scored_seeds(cfg: BenchConfig) -> list[int]:
@@ -64,6 +65,8 @@ def score_sampler(
         atomic.atomic_write(
             grid, lambda p: save_image(shown, p, nrow=int(ev.grid**0.5), format="png")
         )
+        if ev.export:
+            _export(key, sampler, cfg, seeds, images, run_dir, device)
     return {
         "nfe": nfe,
         "nfe_max": nfe_max,
@@ -76,6 +79,21 @@ def score_sampler(
         **scorer.score(images),
         "grid": grid.name,
     }
+
+
+def _export(key, sampler, cfg, seeds, images, run_dir, device) -> None:
+    """The scored images as ``samples_KEY.npz`` or ``samples_KEY/`` (``eval.export``), so an
+    outside tool can recompute every FID of the report (docs/export.md)."""
+    name = f"samples_{key}.npz" if cfg.eval.export == "npz" else f"samples_{key}"
+    classes = sampler.num_classes()
+    labels = labels_for_seeds(seeds, classes) if classes else None
+    record = {
+        **export.provenance(key, cfg, environment(device)["git_commit"]),
+        "batch_size": cfg.eval.batch_size,
+        "num": len(seeds),
+        "seeds": list(seeds),
+    }
+    export.write(images, labels, export.Target(run_dir / name, cfg.eval.export), record)
 
 
 def anchors(cfg: BenchConfig, splits: data.Splits, scorer: Scorer) -> list[tuple[str, dict]]:
