@@ -258,3 +258,11 @@ def test_fid_recomputed_from_a_runs_exported_npz_equals_its_fid_domain(tmp_path,
     assert main(["sample", "--run", str(out), "--method", linear_noise, "--out", str(again)]) == 0
     with np.load(again) as z:
         assert torch.equal(torch.from_numpy(z["arr_0"]).permute(0, 3, 1, 2), generated)
+
+
+def test_eval_export_takes_only_the_formats():
+    from bench.config import ConfigError
+
+    assert load_config(SMOKE).eval.export == ""  # off by default
+    with pytest.raises(ConfigError, match=r"eval.export: got 'zip'; allowed: one of '', 'npz'"):
+        load_config(SMOKE, ["eval.export=zip"])
