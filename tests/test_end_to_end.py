@@ -354,7 +354,22 @@ def test_variants_and_replicates_run_and_tabulate(runs, tmp_path, capsys):
     capsys.readouterr()
 
 
-QUICK = ("--set", "metrics.extractors=[domain]", "--set", "eval.memory=false")
+# The lock and signal tests need a whole run, not its numbers: the cheapest one that measures.
+QUICK = tuple(
+    arg
+    for kv in (
+        "metrics.extractors=[domain]",
+        "eval.memory=false",
+        "eval.num_samples=40",
+        "eval.kid_subset=20",
+        "eval.batch_size=40",
+        "eval.latency_repeats=1",
+        "eval.throughput_repeats=1",
+        "eval.throughput_batch=8",
+        "eval.sweep_batches=[1]",
+    )
+    for arg in ("--set", kv)
+)
 
 
 def start_smoke(out: Path, cache: Path) -> subprocess.Popen:
