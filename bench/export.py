@@ -203,8 +203,10 @@ def _from_run(run_dir: Path) -> tuple[BenchConfig, tuple[int, ...], Path]:
     """A finished run's resolved config, image shape (C, H, W) and checkpoint cache folder."""
     info = load_run(run_dir).info
     cfg = load_config(run_dir / "config.yaml")
+    # The folder its checkpoints were recorded in, else cache_dir from here (a moved checkout)
     folders = {Path(m["checkpoint"]).parent for m in (info.get("models") or {}).values()}
-    cache = folders.pop() if len(folders) == 1 else Path(cfg.cache_dir).resolve()
+    recorded = folders.pop() if len(folders) == 1 else None
+    cache = recorded if recorded and recorded.is_dir() else Path(cfg.cache_dir).resolve()
     return cfg, tuple(info["dataset"]["shape"]), cache
 
 

@@ -258,6 +258,10 @@ def test_fid_recomputed_from_a_runs_exported_npz_equals_its_fid_domain(tmp_path,
     assert main(["sample", "--run", str(out), "--method", linear_noise, "--out", str(again)]) == 0
     with np.load(again) as z:
         assert torch.equal(torch.from_numpy(z["arr_0"]).permute(0, 3, 1, 2), generated)
+    ran = json.loads((out / f"samples_{linear_noise}.seeds.json").read_text())
+    drawn = json.loads(again.with_suffix(".seeds.json").read_text())
+    assert ran["seeds"] == drawn["seeds"] == scored_seeds(cfg)
+    assert ran["config_digest"] == drawn["config_digest"]
 
 
 def test_eval_export_takes_only_the_formats():
@@ -266,3 +270,27 @@ def test_eval_export_takes_only_the_formats():
     assert load_config(SMOKE).eval.export == ""  # off by default
     with pytest.raises(ConfigError, match=r"eval.export: got 'zip'; allowed: one of '', 'npz'"):
         load_config(SMOKE, ["eval.export=zip"])
+
+
+def _sample_args(out: Path) -> list[str]:
+    """bench sample of the test sampler from the smoke config: 10 images in batches of 3."""
+    sets = ["--set", "methods=[linear_noise]"]
+    return ["sample", str(SMOKE), "--method", "linear_noise", *sets, "--num", "10", "--seed", "3",
+            "--batch-size", "3", "--out", str(out)]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_bench_sample_on_two_torchrun_processes_writes_one_processs_file(tmp_path, linear_noise):
+    assert main(_sample_args(tmp_path / "one.npz")) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "tests.bench.test_export", str(tmp_path / "two.npz")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "two.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
+    assert not export.Target(tmp_path / "two.npz").work.exists()
+
+
+if __name__ == "__main__":  # one torchrun rank of the test above
+    register("linear_noise")(LinearNoise)
+    sys.exit(main(_sample_args(Path(sys.argv[1]))))
