@@ -59,6 +59,17 @@ class Target:
             return self.path / "seeds.json"
         return self.path.with_name(self.path.stem + ".seeds.json")
 
+    def check(self) -> None:
+        """Refuse a target that would overwrite something that is not an earlier export."""
+        p = self.path
+        if self.fmt == "png" and p.is_dir() and any(p.iterdir()):
+            if not (p / "seeds.json").is_file():
+                raise ConfigError(f"--out {p}: a folder that holds no export; choose another")
+        elif self.fmt == "png" and p.exists() and not p.is_dir():
+            raise ConfigError(f"--out {p}: a file; --format png writes a folder")
+        elif self.fmt == "npz" and p.is_dir():
+            raise ConfigError(f"--out {p}: a folder; --format npz writes a file")
+
     @property
     def work(self) -> Path:
         """The folder of finished batches while an export is under way (removed after)."""
@@ -99,8 +110,6 @@ def _png_folder(folder: Path, hwc: np.ndarray) -> None:
 def _replace_folder(tmp: Path, path: Path) -> None:
     """Move the finished folder ``tmp`` to ``path``; an earlier export there is replaced."""
     if path.exists():
-        if not (path / "seeds.json").is_file() and any(path.iterdir()):
-            raise FileExistsError(f"{path}: a folder that holds no export; choose another --out")
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         path.rename(old)
@@ -118,6 +127,7 @@ def write(
 ) -> Path:
     """Write ``images`` (uint8 NCHW) and ``labels`` to ``target``, the seeds file beside them;
     each file atomically. ``record``: the seeds file's content (provenance, seeds, batch size)."""
+    target.check()
     hwc = channels_last(images, target.rgb)
     seeds_text = json.dumps({**record, "format": target.fmt, "shape": list(hwc.shape)}) + "\n"
     path = target.path
@@ -249,6 +259,8 @@ def sample_command(args) -> Path | None:
             raise ConfigError(f"{flag}: got {v}; allowed: >= 1")
     if args.seed is not None and args.seed < 0:
         raise ConfigError(f"--seed: got {args.seed}; allowed: >= 0")
+    target = Target(args.out, args.format, args.rgb)
+    target.check()
     cfg, shape, cache = _from_run(args.run) if args.run is not None else _from_config(args)
     device = dist.init(resolve_device(cfg.device))
     if cfg.threads:
@@ -258,7 +270,6 @@ def sample_command(args) -> Path | None:
     # bench.scoring.scored_seeds's rule, image i from seed S + i: by default the scored images
     first = ev.seed if args.seed is None else args.seed
     seeds = [first + i for i in range(args.num or ev.num_samples)]
-    target = Target(args.out, args.format, args.rgb)
     record = provenance(args.method, ecfg, environment(device)["git_commit"])
     with tqdm(total=len(seeds), desc="export", unit="img", disable=not dist.is_main()) as bar:
         path = export(

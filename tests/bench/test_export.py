@@ -87,7 +87,7 @@ def test_a_class_conditional_sampler_writes_its_labels_as_arr_1(tmp_path):
     assert labels.tolist() == [s % 10 for s in SEEDS]
 
 
-def test_a_png_folder_reads_back_as_the_images(tmp_path):
+def test_a_png_folder_reads_back_as_the_images(tmp_path, capsys):
     folder = export.export(
         LinearNoise(CPU), SEEDS, 4, export.Target(tmp_path / "png", "png"), RECORD, CPU
     )
@@ -103,6 +103,12 @@ def test_a_png_folder_reads_back_as_the_images(tmp_path):
         LinearNoise(CPU), SEEDS[:3], 4, export.Target(folder, "png"), RECORD, CPU
     )
     assert len(list(again.glob("*.png"))) == 3
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    args = ["sample", str(SMOKE), "--method", "tarflow", "--format", "png"]
+    assert main([*args, "--out", str(tmp_path / "mine")]) == 2  # refused before any model
+    assert "a folder that holds no export" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "kept"
 
 
 def test_the_seeds_file_names_sampler_config_seeds_batch_and_commit(tmp_path):
