@@ -77,7 +77,6 @@ def register_kind(kind: ModelKind) -> ModelKind:
     if missing:
         raise ValueError(f"model kind {kind.name!r} needs unregistered kinds {missing}")
 
-
     register_section(kind.section, kind.config)
     register_section(kind.train_section, TrainConfig)
     _KINDS[kind.name] = kind
