@@ -53,4 +53,6 @@ def test_choices_a_sampler_cannot_honour_are_refused(overrides, message):
 
 
 def test_honoured_choices_pass():
-    check_choices(entries(load_config(SMOKE)))
+    todo = entries(load_config(SMOKE))
+    assert [e.key for e in todo] == ["tarflow", "tarflow_score", "biflow"]
+    assert check_choices(todo) is None  # no refusal
