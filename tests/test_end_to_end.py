@@ -373,12 +373,14 @@ QUICK = tuple(
 
 
 def start_smoke(out: Path, cache: Path) -> subprocess.Popen:
-    """A smoke run in the background, once its run.json exists (it then holds the folder)."""
+    """A smoke run in the background, held (SIGSTOP, by methods.faults) once it has drawn the
+    scored images of tarflow: alive, holding its folder, until the test sends SIGCONT."""
     cmd, env = smoke_command(out, cache, *QUICK)
+    env["FLOWBENCH_STOP_AT"] = "sample:tarflow:40"
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 300
-    while not (out / "run.json").is_file():
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
         time.sleep(0.2)
     return proc
@@ -390,6 +392,7 @@ def test_a_second_run_into_a_live_runs_folder_is_refused(runs, tmp_path):
     live = start_smoke(out, cache)
     cmd, env = smoke_command(out, cache, *QUICK)
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    live.send_signal(signal.SIGCONT)
     stdout, stderr = live.communicate(timeout=600)
     assert second.returncode == 2 and "Traceback" not in second.stderr
     lines = second.stderr.strip().splitlines()
@@ -406,7 +409,8 @@ def test_sigterm_marks_the_run_interrupted_and_it_resumes(runs, tmp_path):
     first, *_ = runs
     cache, out = first.parent / "cache", tmp_path / "run"
     live = start_smoke(out, cache)
-    live.send_signal(signal.SIGTERM)
+    live.send_signal(signal.SIGTERM)  # pending while the run is held, handled once it goes on
+    live.send_signal(signal.SIGCONT)
     _, stderr = live.communicate(timeout=300)
     assert live.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted"
     info = json.loads((out / "run.json").read_text())
