@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from bench.rundir import write_json
-from bench.variants import causal_baseline
 from methods import atomic, faults
 
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ def table_of(r: Run) -> tuple[pd.DataFrame, dict[str, str]]:
     for row in rows:
         unavailable |= row.pop("unavailable", {})
     table = pd.DataFrame(rows)
-    baselines = {e.key: causal_baseline(e, r.todo) for e in r.todo}
+    baselines = r.baselines
     if any(baselines.values()):
         base = table["key"].map(baselines)  # anchors: NaN
         lat = {row["key"]: row["latency_ms_b1"] for row in rows if "key" in row}

@@ -8,6 +8,7 @@ likelihood, fairness); the run folder's lifecycle in :mod:`bench.rundir`.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -71,6 +72,12 @@ class Run:
     @property
     def cache_dir(self) -> Path:
         return (self.base / self.cfg.cache_dir).resolve()
+
+    @functools.cached_property
+    def baselines(self) -> dict[str, str]:
+        """Each entry's causal baseline (bench.variants.causal_baseline): the timing sweep's
+        speedups and the results table's both use it."""
+        return {e.key: causal_baseline(e, self.todo) for e in self.todo}
 
 
 @dataclass(frozen=True)
@@ -164,8 +171,7 @@ def _anchors(r: Run, rep: int) -> list[dict]:
 
 
 def _timing(r: Run) -> dict:
-    baselines = {e.key: causal_baseline(e, r.todo) for e in r.todo}
-    main, sweep = time_samplers(r.samplers, r.cfg, r.device, baselines)
+    main, sweep = time_samplers(r.samplers, r.cfg, r.device, r.baselines)
     return {"main": main, "sweep": sweep}
 
 
