@@ -58,6 +58,7 @@ _ALL = [
     Column("replicate", "replicate", "{:.0f}"),
     *[Column(f, f.replace("_", " ")) for f in Factors.names()],
     Column("replicates", "R"),  # bench tables' aggregate: how many replicates a row averages
+    Column("paper_fid", "paper FID"),  # bench tables: the BiFlow paper's number for the row
     # deterministic counts
     Column("nfe", "NFE", "{:.0f}", "exact"),
     Column("sequential_steps", "sequential steps", "{:.0f}", "exact"),

@@ -170,7 +170,7 @@ class CompareConfig:
         )
 
 
-TABLES = ("main", "reverse", "denoise", "ablations")  # what `bench tables` writes
+TABLES = ("main", "reverse", "denoise", "ablations", "guidance")  # what `bench tables` writes
 
 
 def variant_sections() -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from bench.config import BenchConfig
 from bench.fairness import decode_vs_forward
 from bench.models import ModelStore
 from bench.variants import Entry
-from methods.biflow import inversion_error
+from methods.biflow_loss import inversion_error
 from methods.tarflow import bits_per_dim
 
 

@@ -15,8 +15,8 @@ from bench.config import BenchConfig, ClassifierConfig, ConfigError, config_hash
 from bench.data import DataError, Splits
 from methods import checkpoint, dist
 from methods.base import Sampler
-from methods.biflow import feature_classifier_config
 from methods.kinds import ModelKind, kind
+from methods.perceptual import feature_classifier_config
 from methods.training import train
 
 # Bump when a change to the code makes old checkpoints of the same config mean something else.

@@ -1,9 +1,10 @@
 """Paper-style tables from a finished run folder, aggregated over replicates.
 
 ``python -m bench tables RUN_DIR [--out DIR]`` writes ``main.csv``, ``reverse.csv``,
-``denoise.csv``, ``ablations.csv`` and ``tables.md`` (default ``RUN_DIR/tables/``). Each
-paragraph tests a claim of the papers (an FID ordering, an ablation) against the run-to-run
-spread; every figure in it comes from results.csv.
+``denoise.csv``, ``ablations.csv``, ``guidance.csv`` and ``tables.md`` (default
+``RUN_DIR/tables/``). Each paragraph tests a claim of the papers (an FID ordering, an
+ablation; bench.claims) against the run-to-run spread; every figure in it comes from
+results.csv, and each row carries the paper's own number for it (bench.paper).
 """
 
 from __future__ import annotations
@@ -16,27 +17,28 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from bench.claims import (
+    DENOISE_ORDER,
+    REVERSE_ORDER,
+    ablations,
+    compare,
+    nfe_text,
+    ordering,
+    pm,
+    row_name,
+)
 from bench.columns import Column, view
+from bench.paper import SOURCE, guidance_lines, paper_fid
 from bench.runfolder import VARIANT_KEY, load_run
 from methods.atomic import write_text
 from methods.base import Factors
 
-TABLES = ("main", "reverse", "denoise", "ablations")
+TABLES = ("main", "reverse", "denoise", "ablations", "guidance")
 FACTORS = Factors.names()
-ABLATED = ("norm_control", "guidance", "feature_loss")
-OFF = {"norm_control": "off", "guidance": "0", "feature_loss": "off"}  # "without" the factor
-REVERSE_ORDER = ("aligned", "naive", "exact")  # the paper's claim, lowest FID first
-DENOISE_ORDER = ("learned", "score", "none")
 QUALITY = ("fid_domain", "is_domain", "kid_domain", "fid_inception_offline", "jacobi_rel_err")
 TIMING = ("latency_ms_b1", "throughput_img_s", "speedup_b1", "speedup_tput")
 COST = ("nfe", "sequential_steps", "params")  # deterministic per variant up to Jacobi stopping
 NEED = ("tables", "fid_domain")  # beyond the row key, which the run reader fills
-GAP = "Gap: FID of the row expected worse minus FID of the one expected better (+: as claimed)."
-SPREAD = (
-    "Spread: the larger of the two rows' sample standard deviations of FID over replicates "
-    "(ddof=1); a gap no larger than the spread is not resolved."
-)
-
 Row = Mapping[str, object]
 
 
@@ -78,29 +80,12 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def select(agg: pd.DataFrame, table: str) -> pd.DataFrame:
-    """The aggregated rows that belong to ``table``; anchors last."""
+    """The aggregated rows that belong to ``table``, with the paper's FID for each; anchors
+    last."""
     sub = agg[agg["tables"].str.split(",").apply(lambda ts: table in ts)]
-    return pd.concat([sub[~sub["anchor"]], sub[sub["anchor"]]])
-
-
-def _name(r: Row) -> str:
-    """A row's name in sentences: its variant, or its method for the "default" variant."""
-    return str(r["method"] if r["variant"] in ("default", "-") else r["variant"])
-
-
-def _f(value: object, fmt: str) -> str:
-    return "" if value is None or pd.isna(value) else fmt.format(value)
-
-
-def _pm(r: Row, column: str, fmt: str = "{:.2f}") -> str:
-    """``mean ± std``; the spread is ``n/a`` with one replicate."""
-    mean, std = r[f"{column}_mean"], r[f"{column}_std"]
-    return "" if pd.isna(mean) else f"{fmt.format(mean)} ± {_f(std, fmt) or 'n/a'}"
-
-
-def _nfe(value: object) -> str:
-    """Whole NFEs as integers; a mean over images that stopped early (Jacobi) to 0.1."""
-    return _f(value, "{:.0f}" if pd.isna(value) or float(value).is_integer() else "{:.1f}")
+    sub = pd.concat([sub[~sub["anchor"]], sub[sub["anchor"]]])
+    paper = [paper_fid(table, r) if not r["anchor"] else "" for r in sub.to_dict("records")]
+    return sub.assign(paper_fid=paper)
 
 
 HOW = ("text", "value", "count", "mean", "median", "spread")
@@ -135,9 +120,9 @@ class Cell:
         if self.how == "text":
             return str(value)
         if self.how == "count":
-            return _nfe(value)
+            return nfe_text(value)
         if self.how == "spread":
-            return _pm(r, self.column.name, self.column.format)
+            return pm(r, self.column.name, self.column.format)
         return self.column.cell(value)
 
 
@@ -155,6 +140,8 @@ FID = [
 JACOBI = _cell("jacobi_rel_err", "mean")
 KID = _cell("kid_domain", "mean")
 FACTOR = {f: _cell(f, "text") for f in FACTORS}
+PAPER_FID = _cell("paper_fid", "text")
+INCEPTION = _cell("fid_inception_offline", "spread")
 SPECS: dict[str, list[Cell]] = {
     "main": [
         *LEAD,
@@ -165,9 +152,18 @@ SPECS: dict[str, list[Cell]] = {
         _cell("params", "value"),
         _cell("fid_inception_offline", "spread"),
     ],
-    "reverse": [*LEAD, FACTOR["reverse"], FACTOR["denoise"], *FID, KID, JACOBI],
-    "denoise": [*LEAD, FACTOR["reverse"], FACTOR["denoise"], *FID, KID],
-    "ablations": [*LEAD, *FACTOR.values(), *FID, KID],
+    "reverse": [*LEAD, FACTOR["reverse"], FACTOR["denoise"], *FID, KID, JACOBI, PAPER_FID],
+    "denoise": [*LEAD, FACTOR["reverse"], FACTOR["denoise"], *FID, KID, PAPER_FID],
+    "ablations": [*LEAD, *FACTOR.values(), *FID, KID, INCEPTION, PAPER_FID],
+    "guidance": [
+        *LEAD,
+        FACTOR["guidance"],
+        FACTOR["guidance_form"],
+        *FID,
+        KID,
+        INCEPTION,
+        PAPER_FID,
+    ],
 }
 
 
@@ -190,95 +186,6 @@ def md_table(sub: pd.DataFrame, table: str) -> str:
     return tabulate(rows, heads, tablefmt="github", disable_numparse=True)
 
 
-def compare(better: Row, worse: Row) -> tuple[str, str]:
-    """Whether ``better`` has the lower FID beyond the spread: (verdict, the numbers)."""
-    gap = float(worse["fid_domain_mean"]) - float(better["fid_domain_mean"])  # FID units
-    s1, s2 = float(better["fid_domain_std"]), float(worse["fid_domain_std"])
-    spread = math.nan if math.isnan(s1) or math.isnan(s2) else max(s1, s2)
-    seeds = min(int(better["replicates"]), int(worse["replicates"]))
-    if math.isnan(gap):
-        return "not measured (no FID)", "FID missing"
-    if math.isnan(spread):
-        text = f"gap {gap:+.2f}, spread n/a (one replicate: not tested against noise)"
-        return ("holds" if gap > 0 else "does not hold"), text
-    text = f"gap {gap:+.2f} vs spread {spread:.2f}"
-    if abs(gap) <= spread:
-        return f"within the spread (not resolved by {seeds} seeds)", text
-    return ("holds" if gap > 0 else "does not hold"), text
-
-
-def ordering(sub: pd.DataFrame, factor: str, order: tuple[str, ...], control: str) -> list[str]:
-    """Paragraph lines testing FID(order[0]) < FID(order[1]) < ... for adjacent present values,
-    pairing rows of equal ``control`` where there are such (else every pair, said so)."""
-    claim = " < ".join(f"FID({v})" for v in order)
-    present = [v for v in order if (sub[factor] == v).any()]
-    lines, verdicts = [], []
-    for lo, hi in zip(present, present[1:], strict=False):
-        a, b = sub[sub[factor] == lo].to_dict("records"), sub[sub[factor] == hi].to_dict("records")
-        pairs = [(x, y) for x in a for y in b if x[control] == y[control]]
-        matched = bool(pairs)
-        for x, y in pairs or [(x, y) for x in a for y in b]:
-            verdict, text = compare(x, y)
-            verdicts.append(verdict)
-            where = (
-                f"{control}={x[control]}"
-                if matched
-                else f"{control} differs: {x[control]} vs {y[control]}"
-            )
-            lines.append(
-                f"- {lo} vs {hi} ({where}): FID {_pm(x, 'fid_domain')} (`{_name(x)}`) vs "
-                f"{_pm(y, 'fid_domain')} (`{_name(y)}`); {text}: **{verdict}**."
-            )
-    if not verdicts:
-        return [f"Fewer than two of {', '.join(order)} are in this table: nothing to compare."]
-    n, bad = len(verdicts), sum(v == "does not hold" for v in verdicts)
-    unresolved = sum(v.startswith("within") for v in verdicts)
-    if all(v == "holds" for v in verdicts):
-        head = f"**holds** in all {n} comparisons."
-    elif bad:
-        head = f"**does not hold**: {bad} of {n} comparisons go the other way."
-    else:
-        head = f"is **within the spread (not resolved by these seeds)** in {unresolved} of {n}."
-    tail = []
-    for k, g in sub.groupby(control, sort=False):  # the ordering seen in each control group
-        ranked = g.sort_values("fid_domain_mean").to_dict("records")
-        if len(ranked) > 1:
-            seen = [f"{r[factor]} (`{_name(r)}`, {r['fid_domain_mean']:.2f})" for r in ranked]
-            tail.append(f"Observed FID order within {control}={k}: {' < '.join(seen)}.")
-    others = sorted(set(sub[factor]) - set(order))
-    tail += [f"Rows with {factor} {', '.join(others)} are not part of the claim."] if others else []
-    return [f"The paper's ordering {claim} {head}", GAP, SPREAD, "", *lines, "", *tail]
-
-
-def ablations(sub: pd.DataFrame) -> list[str]:
-    """One line per pair of rows of one sampler that differ in one ablated factor alone."""
-    rows = sub[~sub["anchor"]].to_dict("records")
-    lines = []
-    for f in ABLATED:
-        found = 0
-        for i, a in enumerate(rows):
-            for b in rows[i + 1 :]:
-                same = all(a[c] == b[c] for c in FACTORS if c != f)
-                if a["method"] != b["method"] or a[f] == b[f] or not same:
-                    continue
-                on, off = (b, a) if a[f] == OFF[f] else (a, b)
-                verdict, text = compare(on, off)
-                effect = {"holds": "lower FID with it", "does not hold": "higher FID with it"}
-                found += 1
-                lines.append(
-                    f"- **{f}** in `{a['method']}`: FID {_pm(on, 'fid_domain')} with {f}={on[f]} "
-                    f"(`{_name(on)}`, NFE {_nfe(on['nfe'])}) vs {_pm(off, 'fid_domain')} with "
-                    f"{f}={off[f]} (`{_name(off)}`, NFE {_nfe(off['nfe'])}); {text}: "
-                    f"**{effect.get(verdict, verdict)}**."
-                )
-        if not found:
-            lines.append(f"- **{f}**: no two rows of one sampler differ in {f} alone.")
-    nets = sorted({str(r["feature_loss"]) for r in rows} - {"off", "-"})
-    net = f"`{'`, `'.join(nets)}`" if nets else "none (no row uses it)"
-    gap = "Gap: FID without the factor minus FID with it (positive: the factor lowers FID)."
-    return [f"Feature loss network: {net}.", gap, SPREAD, "", *lines]
-
-
 def _main_note(sub: pd.DataFrame) -> list[str]:
     samplers = sub[~sub["anchor"]]
     out = [
@@ -289,10 +196,12 @@ def _main_note(sub: pd.DataFrame) -> list[str]:
     ]
     if samplers["fid_domain_mean"].notna().any():
         best = samplers.loc[samplers["fid_domain_mean"].idxmin()]
-        out.append(f"Lowest sampler FID: `{_name(best)}` ({_pm(best, 'fid_domain')}).")
+        out.append(f"Lowest sampler FID: `{row_name(best)}` ({pm(best, 'fid_domain')}).")
     if samplers["speedup_b1_median"].notna().any():
         fast = samplers.loc[samplers["speedup_b1_median"].idxmax()]
-        out.append(f"Largest batch-1 speedup: `{_name(fast)}` ({fast['speedup_b1_median']:.1f}x).")
+        out.append(
+            f"Largest batch-1 speedup: `{row_name(fast)}` ({fast['speedup_b1_median']:.1f}x)."
+        )
     return [" ".join(out)]
 
 
@@ -310,6 +219,17 @@ def feature_net_note(models: dict, config: dict) -> list[str]:
         f"may be shared features rather than better images."
         for k, r in nets
     ]
+
+
+def _schedule(config: dict) -> str:
+    return {"linear": "linearly annealed ((t + 1) / (T - 1) x w)"}.get(
+        config.get("sampling", {}).get("guidance_schedule", "constant"), "constant"
+    )
+
+
+def _score_model(config: dict) -> str:
+    guided = config.get("sampling", {}).get("score_guidance", "conditional") == "guided"
+    return "guided" if guided else "unguided conditional"
 
 
 def render(
@@ -330,6 +250,11 @@ def render(
         f"{reps} replicate{'s' if reps != 1 else ''} (each retrains every model and draws new "
         f"sampling seeds). Quality: mean ± sample std over replicates (ddof=1; n/a with one "
         f"replicate). Timings: median over replicates. NFE and params: mean over replicates.",
+        "",
+        f"`paper FID`: the paper's number for the same design choice ({SOURCE}); another "
+        "dataset, scale and feature network, so only orderings compare. Guidance: TarFlow rows "
+        f"decode with a {_schedule(config)} scale; their score step, where there is one, goes "
+        f"through the {_score_model(config)} model.",
     ]
     titles = {
         "main": ("Main comparison", _main_note),
@@ -339,6 +264,7 @@ def render(
             "Ablations",
             lambda s: [*ablations(s), "", *feature_net_note(models or {}, config)],
         ),
+        "guidance": ("Guidance", lambda s: guidance_lines(s, compare, row_name)),
     }
     frames = {}
     for table, (title, note) in titles.items():

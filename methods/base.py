@@ -15,6 +15,8 @@ from torch import nn
 from methods.transformer import KERNELS
 from methods.validate import FieldError, check
 
+SCHEDULES = ("constant", "linear")  # sampling.guidance_schedule
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -30,6 +32,12 @@ class SamplingConfig:
     decode_kernel: str = "auto"
     cuda_graphs: bool = False  # with compile, on CUDA: mode="reduce-overhead" (CUDA graphs)
     guidance: float = 0.0  # classifier-free guidance scale w (class-conditional models); 0 = off
+    # causal decoding: the scale of every token (constant), or annealed over the tokens as
+    # apple/ml-tarflow samples, (t + 1) / (T - 1) x w (linear)
+    guidance_schedule: str = "constant"
+    # the score step of a guided sample: through the conditional model without guidance, as
+    # apple/ml-tarflow denoises (conditional), or through the guided flow that drew it (guided)
+    score_guidance: str = "conditional"
 
     def __post_init__(self) -> None:
         check(
@@ -37,6 +45,8 @@ class SamplingConfig:
             precision=("fp32", "bf16"),
             decode_kernel=KERNELS,
             guidance=(0, None),
+            guidance_schedule=SCHEDULES,
+            score_guidance=("conditional", "guided"),
         )
         if self.cuda_graphs and not self.compile:
             raise FieldError("cuda_graphs", True, "true only with sampling.compile: true")
@@ -64,11 +74,16 @@ DEFAULT_SAMPLING = SamplingConfig()
 class Factors:
     """The design choices a sampler embodies, as the paper's ablation tables name them."""
 
-    reverse: str = "exact"  # exact | jacobi | naive | aligned: how noise is mapped back
+    reverse: str = "exact"  # exact | jacobi | naive | distilled | aligned: noise mapped back
     denoise: str = "none"  # none | score | learned: how the training noise is removed
-    norm_control: str = "off"  # on | off: the forward model's output parameters clipped
+    # on (F's a, b hard-clipped and G's state distances normalised) | off | the parts present
+    norm_control: str = "off"
     guidance: float = 0.0  # classifier-free guidance scale; 0 = off
+    # how a conditional sampler guides: inference (two passes per step; ", linear": annealed
+    # over the tokens) | training (the scale is an input of G: one pass) | - (unconditional)
+    guidance_form: str = "-"
     feature_loss: str = "off"  # off | the network of the reverse model's perceptual loss
+    weighting: str = "-"  # fixed | adaptive: the reverse model's loss weights; - (no G)
     conditional: str = "no"  # yes | no: class-conditional
 
     @classmethod

@@ -1,9 +1,10 @@
 """BiFlow: a learned, non-causal reverse model G trained against a frozen TarFlow F.
 
-F maps noisy data x~ = x + sigma*eps through states h_0 = x~, h_1, ..., h_K = z. G takes z, runs
-K bidirectional transformer stages whose outputs r_{K-1}, ..., r_0 are aligned (through small
-projection heads) with h_{K-1}, ..., h_0, then one extra denoising stage whose output x^ is
-compared with the clean x. Sampling is x = G(z) with z ~ N(0, I): one network evaluation.
+F maps noisy data x~ = x + sigma*eps through states h_0 = x~, h_1, ..., h_K = z. G takes z and
+runs K bidirectional transformer stages r_{K-1}, ..., r_0, matched with h_{K-1}, ..., h_0 in
+training (methods.biflow_loss), then one extra denoising stage whose output x^ is compared with
+the clean x. Sampling is x = G(z) with z ~ N(0, I): one network evaluation (two with
+inference-time guidance).
 """
 
 from __future__ import annotations
@@ -13,19 +14,28 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from methods import checkpoint, dist
+from methods import checkpoint
 from methods.base import DEFAULT_SAMPLING, Factors, Sampler, SamplingConfig
-from methods.flow import TarFlow, guidance_error
+from methods.biflow_loss import biflow_objective
+from methods.flow import TarFlow, guidance_error, norm_control
 from methods.kinds import ModelKind, Models, Services, Shape, register_kind
+from methods.perceptual import (
+    FEATURE_NET,
+    FEATURE_NETS,
+    FeatureDistance,
+    LPIPSDistance,
+    feature_key,
+    lpips_problem,
+)
 from methods.registry import register
 from methods.score_denoise import tweedie_step
 from methods.tarflow import decode_problems
-from methods.training import Labels
 from methods.transformer import Layer
 from methods.validate import FieldError, check
+
+HIDDEN = ("align", "distill")
 
 
 @dataclass(frozen=True)
@@ -34,16 +44,40 @@ class BiFlowConfig:
     depth: int = 2  # layers per reverse stage (there are K stages plus one denoising stage)
     heads: int = 4  # attention heads
     mlp_ratio: int = 4  # MLP hidden width / width
-    align_weight: float = 1.0  # weight of the hidden-alignment loss; 0 = naive distillation
+    align_weight: float = 1.0  # weight of the intermediate-state loss; 0 = naive distillation
+    # how G's intermediate states are matched with F's: align (a learned head per state: hidden
+    # alignment), distill (G's own output projection: hidden distillation)
+    hidden: str = "align"
     recon_weight: float = 1.0  # weight of the reconstruction loss on the clean image
     denoise: bool = True  # learned denoising stage, output matched to the clean x; off: G ends
     # at r_0 and its output is matched to the noisy x~ (the exact inverse's target)
+    normalize_states: bool = True  # norm control on the trajectory: state distances divided by
+    # the state's variance; off: plain MSE
+    adaptive: bool = False  # adaptive loss weighting (eq. 7): each distance D x sg((D + c)^-p)
+    adaptive_p: float = 1.0
+    adaptive_c: float = 1.0e-3
     feature_weight: float = 0.0  # feature (perceptual) loss on the output; needs a feature net
+    feature_net: str = "cnn"  # cnn (trained here) | lpips (LPIPS-VGG16, weights from a file)
+    feature_weights: str = ""  # lpips: a folder of torch.hub's layout holding its two files
+    label_drop: float = 0.1  # conditional G: share of labels trained as "no class" (needed by
+    # both kinds of guidance)
     guidance_max: float = 0.0  # training-time guidance: w ~ U[0, guidance_max] per image is an
-    # input of G, which follows the guided flow (class-conditional flows only); 0 = off
+    # input of G (class-conditional flows only); 0 = off (guidance, if any, at inference: 2 NFE)
 
     # Added after checkpoints were shipped: left out of cache keys while at their defaults.
-    LATER_FIELDS = ("denoise", "feature_weight", "guidance_max")
+    LATER_FIELDS = (
+        "denoise",
+        "feature_weight",
+        "guidance_max",
+        "hidden",
+        "normalize_states",
+        "adaptive",
+        "adaptive_p",
+        "adaptive_c",
+        "feature_net",
+        "feature_weights",
+        "label_drop",
+    )
 
     def __post_init__(self) -> None:
         check(
@@ -53,20 +87,33 @@ class BiFlowConfig:
             heads=(1, None),
             mlp_ratio=(1, None),
             align_weight=(0, None),
+            hidden=HIDDEN,
             recon_weight=(0, None),
+            adaptive_p=(0, None),
+            adaptive_c=(1e-12, None),
             feature_weight=(0, None),
+            feature_net=FEATURE_NETS,
+            label_drop=(0, 1),
             guidance_max=(0, None),
         )
         if self.width % self.heads:
             raise FieldError("width", self.width, f"a multiple of heads ({self.heads})")
+        if self.guidance_max and not 0 < self.label_drop < 1:
+            raise FieldError(
+                "label_drop",
+                self.label_drop,
+                "strictly between 0 and 1 with guidance_max > 0 (the unconditional branch of "
+                "training-time guidance learns from the dropped labels)",
+            )
 
 
 class ReverseModel(nn.Module):
     """G: noise tokens (b, T, D) -> image tokens (b, T, D), with bidirectional attention.
 
-    Class-conditional (``num_classes`` > 0): a class embedding is added to every token; with
-    training-time guidance, an embedding of the guidance scale w too, so a guided sample is
-    still one evaluation."""
+    Class-conditional (``num_classes`` > 0): a class embedding ("no class" = ``num_classes``)
+    is added to the input of every stage, so guidance can act stage by stage; with
+    training-time guidance an embedding of the scale w too, so a guided sample is still one
+    evaluation."""
 
     def __init__(
         self, cfg: BiFlowConfig, tokens: int, dim: int, flow_blocks: int, num_classes: int = 0
@@ -78,7 +125,7 @@ class ReverseModel(nn.Module):
                 cfg.guidance_max,
                 "0 unless the flow is class-conditional (tarflow.num_classes > 0)",
             )
-        self.cfg, self.num_classes = cfg, num_classes
+        self.cfg, self.num_classes, self.null = cfg, num_classes, num_classes
 
         def stage() -> nn.ModuleList:
             return nn.ModuleList(
@@ -88,7 +135,7 @@ class ReverseModel(nn.Module):
         self.proj_in = nn.Linear(dim, cfg.width)
         self.pos = nn.Parameter(torch.randn(tokens, cfg.width) * 0.02)
         if num_classes:
-            self.class_emb = nn.Embedding(num_classes, cfg.width)
+            self.class_emb = nn.Embedding(num_classes + 1, cfg.width)
         if cfg.guidance_max:
             self.scale_emb = nn.Sequential(
                 nn.Linear(1, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width)
@@ -99,14 +146,34 @@ class ReverseModel(nn.Module):
         self.norm = nn.LayerNorm(cfg.width)
         self.proj_out = nn.Linear(cfg.width, dim)
         # Projection heads r_k -> space of h_k, used by the alignment loss only.
+        heads = flow_blocks if cfg.hidden == "align" else 0
         self.align_heads = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, dim))
-            for _ in range(flow_blocks)
+            nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, dim)) for _ in range(heads)
         )
 
     def training_only_params(self) -> int:
         """Parameters of the alignment heads: used by the loss, never by sampling."""
         return sum(p.numel() for p in self.align_heads.parameters())
+
+    def evaluations(self, args: tuple, kwargs: dict) -> int:
+        """Image-evaluations of one call (NFE counting): two per image with inference-time
+        guidance, which runs every stage on the conditional and the "no class" rows."""
+        return args[0].shape[0] * (2 if kwargs.get("cfg") else 1)
+
+    def _condition(self, n: int, y, w, device) -> torch.Tensor | float:
+        """What is added to every stage's input: class (and scale) embeddings, or 0."""
+        if not self.num_classes:
+            return 0.0
+        if y is None:
+            raise ValueError("a class-conditional reverse model needs labels")
+        c = self.class_emb(y)[:, None]
+        if self.cfg.guidance_max:
+            w = torch.zeros(n, device=device) if w is None else w
+            c = c + self.scale_emb(w.to(c.dtype)[:, None])[:, None]
+        return c
+
+    def _stages(self) -> list[nn.ModuleList]:
+        return [*self.stages, *([self.denoise] if len(self.denoise) else [])]
 
     def forward(
         self,
@@ -114,129 +181,54 @@ class ReverseModel(nn.Module):
         keep_hidden: bool = False,
         y: torch.Tensor | None = None,
         w: torch.Tensor | None = None,
+        cfg: float = 0.0,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """z (b, T, D) -> x^ (b, T, D) and, when asked, r_{K-1} .. r_0. ``y``: labels (b,) of a
-        conditional G; ``w``: guidance scales (b,) of a G trained with guidance."""
+        conditional G; ``w``: guidance scales (b,) of a G trained with guidance; ``cfg``: the
+        scale of inference-time guidance, h <- (1 + cfg) stage(h | y) - cfg stage(h | none)
+        after every stage (the paper's eq. 4; two evaluations per image)."""
         h = self.proj_in(z) + self.pos
-        if self.num_classes:
-            if y is None:
-                raise ValueError("a class-conditional reverse model needs labels")
-            h = h + self.class_emb(y)[:, None]
-        if self.cfg.guidance_max:
-            w = torch.zeros(len(z), device=z.device) if w is None else w
-            h = h + self.scale_emb(w.to(h.dtype)[:, None])[:, None]
+        if cfg:
+            return self._guided(h, y, cfg), []
+        cond = self._condition(len(z), y, w, z.device)
         hidden = []
-        for stage in self.stages:
+        for i, stage in enumerate(self._stages()):
+            h = h + cond
             for layer in stage:
                 h = layer(h, causal=False)
-            if keep_hidden:
+            if keep_hidden and i < len(self.stages):
                 hidden.append(h)
-        for layer in self.denoise:
-            h = layer(h, causal=False)
         return self.proj_out(self.norm(h)), hidden
 
+    def _guided(self, h: torch.Tensor, y: torch.Tensor | None, scale: float) -> torch.Tensor:
+        if not self.num_classes or y is None:
+            raise ValueError("inference-time guidance needs a class-conditional G and labels")
+        n = len(h)
+        cond = self.class_emb(torch.cat([y, torch.full_like(y, self.null)]))[:, None]
+        for stage in self._stages():  # one call on [h; h] per stage: conditional, "no class"
+            hh = torch.cat([h, h]) + cond
+            for layer in stage:
+                hh = layer(hh, causal=False)
+            c, u = hh[:n], hh[n:]
+            h = c + scale * (c - u)
+        return self.proj_out(self.norm(h))
 
-def normalised_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE divided by the target's variance over the batch, so no state's scale dominates (the
-    whole batch's variance under torchrun, where each rank holds a share of the batch)."""
-    return F.mse_loss(pred, target) / dist.variance(target.detach()).clamp_min(1e-6)
 
-
-def biflow_losses(
-    g: nn.Module,
-    flow: TarFlow,
-    x: torch.Tensor,
-    eps: torch.Tensor,
-    labels: Labels | None = None,
-    features: nn.Module | None = None,
-) -> dict[str, torch.Tensor]:
-    """Hidden alignment, reconstruction and (optional) feature losses for clean images x
-    (b, C, H, W) in [-1, 1] and standard normal noise eps of the same shape. ``g`` is the
-    ReverseModel, or its DistributedDataParallel wrapper (whose forward must be the call that
-    runs G). Conditional: ``labels`` give y, and with training-time guidance the scale
-    w = u * guidance_max of each image; G then follows the guided flow's states. ``features``:
-    images in [-1, 1] -> feature vectors, for the feature loss (biflow.feature_weight)."""
-    cfg = getattr(g, "module", g).cfg
-    y = w = None
-    if flow.cfg.num_classes:
-        if labels is None:
-            raise ValueError("a class-conditional flow needs labelled training data")
-        y = labels.y
-        if cfg.guidance_max:
-            w = labels.u * cfg.guidance_max
-    x_noisy = x + flow.cfg.noise_std * eps
-    with torch.no_grad():  # h_0 .. h_K of the (guided) forward flow
-        z, _, states = flow(x_noisy, keep_states=True, y=y, w=0.0 if w is None else w)
-    x_hat, hidden = g(z, keep_hidden=True, y=y, w=w)
-    g = getattr(g, "module", g)
-    k = len(g.stages)
-    align = (
-        sum(
-            normalised_mse(head(r), states[k - 1 - j])
-            for j, (head, r) in enumerate(zip(g.align_heads, hidden, strict=True))
+def reverse_guidance_error(w: float, num_classes: int, cfg: BiFlowConfig) -> str:
+    """Why a reverse model of ``cfg`` cannot sample with guidance scale ``w`` ("" if it can):
+    training-time guidance within the scales it learned, inference-time guidance with labels
+    dropped in training."""
+    if not w or not num_classes:
+        return guidance_error(w, num_classes, cfg.guidance_max)
+    if cfg.guidance_max:
+        return guidance_error(w, num_classes, cfg.guidance_max)
+    if not cfg.label_drop:
+        return (
+            f"sampling.guidance: got {w}; inference-time guidance of G needs its unconditional "
+            "mode (biflow.label_drop > 0) or training-time guidance (biflow.guidance_max > 0); "
+            "allowed: 0"
         )
-        / k
-    )
-    target = x if cfg.denoise else x_noisy  # learned denoising: the clean image
-    recon = F.mse_loss(x_hat, flow.to_tokens(target))
-    total = cfg.align_weight * align + cfg.recon_weight * recon
-    out = {"align": align.detach(), "recon": recon.detach()}
-    if cfg.feature_weight:
-        if features is None:
-            raise ValueError("biflow.feature_weight > 0 needs a feature network")
-        f_hat = features(flow.to_image(x_hat))
-        with torch.no_grad():
-            f_ref = features(target)
-        feat = normalised_mse(f_hat, f_ref)
-        total = total + cfg.feature_weight * feat
-        out["feature"] = feat.detach()
-    return {"loss": total, **out}
-
-
-def biflow_objective(flow: TarFlow, features: nn.Module | None = None):
-    """The training loss ``loss(net, x, eps, labels)`` of a reverse model against the frozen
-    ``flow`` (and the frozen ``features`` network of the feature loss)."""
-
-    def loss(
-        net: nn.Module, x: torch.Tensor, eps: torch.Tensor, labels: Labels | None = None
-    ) -> torch.Tensor:
-        return biflow_losses(net, flow, x, eps, labels, features)["loss"]
-
-    return loss
-
-
-@torch.no_grad()
-def inversion_error(
-    g: ReverseModel,
-    flow: TarFlow,
-    x: torch.Tensor,
-    g_noise: torch.Generator,
-    y: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """How well G inverts F, as relative L2 errors.
-
-    On held-out images x: G(F(x~)) against x~ = x + sigma*eps and against the clean x. On prior
-    noise z ~ N(0, I) (what sampling feeds G; at most 256 draws): G(z) against the exact inverse
-    F^-1(z), with G's output denoised and F^-1's not, so part of that gap is the denoising G
-    learned. Conditional models: ``y`` are the images' labels (the prior draws take the first
-    ones), without guidance.
-    """
-    eps = torch.randn(x.shape, generator=g_noise).to(x.device)
-    xn = flow.to_tokens(x + flow.cfg.noise_std * eps)
-    z, _, _ = flow(flow.to_image(xn), y=y)
-    out, _ = g(z, y=y)
-    clean = flow.to_tokens(x)
-    # The exact inverse is a full causal decode: 256 prior draws are plenty for a relative error.
-    prior = torch.randn(z[:256].shape, generator=g_noise).to(x.device)
-    y_prior = None if y is None else y[:256]
-    exact = flow.to_tokens(flow.reverse(prior, y=y_prior))
-    learned, _ = g(prior, y=y_prior)
-    return {
-        "rel_err_vs_noisy": ((out - xn).norm() / xn.norm()).item(),
-        "rel_err_vs_clean": ((out - clean).norm() / clean.norm()).item(),
-        "rel_err_vs_exact_inverse_on_prior": ((learned - exact).norm() / exact.norm()).item(),
-        "prior_draws": len(prior),
-    }
+    return ""
 
 
 @register("biflow")
@@ -255,9 +247,9 @@ class BiFlowSampler(Sampler):
         sampling: SamplingConfig = DEFAULT_SAMPLING,
     ) -> None:
         self.g, self.flow = reverse.eval(), flow
-        gmax = reverse.cfg.guidance_max
-        if problem := guidance_error(sampling.guidance, flow.cfg.num_classes, gmax):
+        if problem := reverse_guidance_error(sampling.guidance, flow.cfg.num_classes, reverse.cfg):
             raise ValueError(problem)
+        self.score_w = sampling.guidance if sampling.score_guidance == "guided" else 0.0
         super().__init__(device, sampling)
 
     @classmethod
@@ -272,8 +264,14 @@ class BiFlowSampler(Sampler):
 
     @classmethod
     def problems(cls, cfg: Any, device: torch.device) -> list[str]:
-        w, n, gmax = cfg.sampling.guidance, cfg.tarflow.num_classes, cfg.biflow.guidance_max
-        out = [p] if (p := guidance_error(w, n, gmax)) else []
+        w, n, b = cfg.sampling.guidance, cfg.tarflow.num_classes, cfg.biflow
+        out = [p] if (p := reverse_guidance_error(w, n, b)) else []
+        if (
+            b.feature_weight
+            and b.feature_net == "lpips"
+            and (p := lpips_problem(b.feature_weights))
+        ):
+            out.append(p)
         return out + decode_problems(cfg, device)  # the run's fairness check decodes its flow
 
     def networks(self) -> list[nn.Module]:
@@ -291,24 +289,27 @@ class BiFlowSampler(Sampler):
         return super().num_params() - heads
 
     def factors(self) -> Factors:
-        c = self.g.cfg
+        c, conditional = self.g.cfg, bool(self.flow.cfg.num_classes)
         return Factors(
-            reverse="aligned" if c.align_weight > 0 else "naive",
+            reverse={"align": "aligned", "distill": "distilled"}[c.hidden]
+            if c.align_weight
+            else "naive",
             denoise="learned" if c.denoise else "none",
-            norm_control="on" if self.flow.cfg.norm_clip > 0 else "off",
+            norm_control=norm_control(self.flow.cfg, c.normalize_states),
             guidance=self.sampling.guidance,
-            feature_loss=FEATURE_NET if c.feature_weight else "off",
-            conditional="yes" if self.flow.cfg.num_classes else "no",
+            guidance_form=("training" if c.guidance_max else "inference") if conditional else "-",
+            feature_loss=FEATURE_NET[c.feature_net] if c.feature_weight else "off",
+            weighting="adaptive" if c.adaptive else "fixed",
+            conditional="yes" if conditional else "no",
         )
-
-    def _scales(self, z: torch.Tensor) -> torch.Tensor | None:
-        if not self.g.cfg.guidance_max:
-            return None
-        return torch.full((len(z),), self.sampling.guidance, device=z.device)
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        tokens, _ = self.g(z, y=y, w=self._scales(z))
+        w = self.sampling.guidance
+        if self.g.cfg.guidance_max:  # training-time guidance: the scale is an input, 1 NFE
+            tokens, _ = self.g(z, y=y, w=torch.full((len(z),), w, device=z.device))
+        else:  # inference-time guidance (2 NFE) when w > 0
+            tokens, _ = self.g(z, y=y, cfg=w)
         return self.flow.to_image(tokens)
 
 
@@ -327,19 +328,7 @@ class BiFlowScoreSampler(BiFlowSampler):
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         x = super().generate(z, y)
-        return tweedie_step(self.flow, x, self.flow.cfg.noise_std, y, self.sampling.guidance)
-
-
-# What the feature loss compares (bench.models trains it; the report says which it is).
-FEATURE_NET = "independent CNN"
-
-
-def feature_classifier_config(cfg: Any) -> Any:
-    """The network of the feature loss: a CNN trained like the domain classifier
-    (``cfg.classifier``) but narrower and from another seed, so the loss never optimises the
-    network that scores FID."""
-    c = cfg.classifier
-    return replace(c, width=max(8, c.width * 2 // 3), seed=c.seed + 1)
+        return tweedie_step(self.flow, x, self.flow.cfg.noise_std, y, self.score_w)
 
 
 def _reverse_spec(cfg: Any, shape: Shape, models: Models, keys: Mapping[str, str]) -> dict:
@@ -351,7 +340,9 @@ def _reverse_spec(cfg: Any, shape: Shape, models: Models, keys: Mapping[str, str
         dim=flow.dim,
         flow_blocks=cfg.tarflow.blocks,
         flow=keys["flow"],
-        **({"num_classes": n} if n else {}),
+        # conditional G: the class enters every stage and training-time guidance fits the
+        # implied conditional state (objective 2; 1 was the guided forward flow's states)
+        **({"num_classes": n, "objective": 2} if n else {}),
     )
 
 
@@ -362,8 +353,13 @@ def _reverse_example(g: ReverseModel, models: Models) -> tuple[tuple, dict]:
 
 
 def _reverse_objective(cfg: Any, models: Models, services: Services):
-    features = services.feature_net(cfg) if cfg.biflow.feature_weight else None
-    return biflow_objective(models["flow"], features)
+    b = cfg.biflow
+    if not b.feature_weight:
+        return biflow_objective(models["flow"])
+    if b.feature_net == "lpips":
+        dev = next(models["flow"].parameters()).device
+        return biflow_objective(models["flow"], LPIPSDistance(b.feature_weights).to(dev))
+    return biflow_objective(models["flow"], FeatureDistance(services.feature_net(cfg)))
 
 
 REVERSE = register_kind(
@@ -387,9 +383,7 @@ REVERSE = register_kind(
         shrink=lambda c: replace(c, depth=1),  # one stage of one layer (+ the denoising stage)
         example=_reverse_example,
         needs=("flow",),
-        key_extra=lambda cfg: (
-            (feature_classifier_config(cfg),) if cfg.biflow.feature_weight else ()
-        ),
+        key_extra=feature_key,
         classes=lambda cfg: cfg.tarflow.num_classes,
     )
 )

@@ -18,6 +18,8 @@ from torch import nn
 from methods.transformer import KVCache, Layer, layer_norm, patchify, unpatchify
 from methods.validate import FieldError, check
 
+CLIP_MODES = ("hard", "soft")
+
 
 @dataclass(frozen=True)
 class TarFlowConfig:
@@ -28,12 +30,15 @@ class TarFlowConfig:
     heads: int = 4  # attention heads
     mlp_ratio: int = 4  # MLP hidden width / width
     noise_std: float = 0.1  # sigma of the Gaussian noise added to training data
-    norm_clip: float = 0.0  # norm control: soft clip of |a| and |b| to this bound; 0 = off
+    norm_clip: float = 0.0  # norm control: clip of each block's a and b to [-c, c]; 0 = off
+    # hard: clamp to [-c, c], as the BiFlow paper's norm control; soft: c tanh(a / c) (smooth,
+    # this project's first form, kept as an option)
+    clip_mode: str = "soft"
     num_classes: int = 0  # class-conditional with this many classes (class embedding); 0 = off
     label_drop: float = 0.1  # conditional training: share of labels replaced by "no class"
 
     # Added after checkpoints were shipped: left out of cache keys while at their defaults.
-    LATER_FIELDS = ("num_classes", "label_drop")
+    LATER_FIELDS = ("num_classes", "label_drop", "clip_mode")
 
     def __post_init__(self) -> None:
         check(
@@ -48,6 +53,7 @@ class TarFlowConfig:
             norm_clip=(0, None),
             num_classes=(0, None),
             label_drop=(0, 1),
+            clip_mode=CLIP_MODES,
         )
         if self.width % self.heads:
             raise FieldError("width", self.width, f"a multiple of heads ({self.heads})")
@@ -158,6 +164,19 @@ def guidance_error(w: float, num_classes: int, guidance_max: float | None = None
     return ""
 
 
+def norm_control(cfg: TarFlowConfig, states: bool | None = None) -> str:
+    """The norm-control factor of a sampler: "on" is the paper's (F's a and b hard-clipped, and,
+    for a reverse model, its state distances normalised: ``states``), "off" neither; anything
+    between is named by its parts."""
+    clip = f"{cfg.clip_mode} clip" if cfg.norm_clip > 0 else ""
+    if states is None:  # a sampler of F alone: the clip is all of it that applies
+        return {"hard clip": "on", "": "off"}.get(clip, clip)
+    if clip == "hard clip" and states:
+        return "on"
+    parts = [p for p in (clip, "normalised states" if states else "") if p]
+    return " + ".join(parts) or "off"
+
+
 def is_guided(y: torch.Tensor | None, w: float | torch.Tensor) -> bool:
     """Classifier-free guidance is on: labels given and a scale that is a tensor or nonzero."""
     return y is not None and (isinstance(w, torch.Tensor) or w != 0)
@@ -174,10 +193,10 @@ class FlowBlock(nn.Module):
         return x.flip(1) if self.flip else x
 
     def affine(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network output (..., 2D) -> (a, b), soft-clipped when norm control is on."""
+        """Network output (..., 2D) -> (a, b), clipped to [-c, c] when norm control is on."""
         c = self.cfg.norm_clip
         if c > 0:
-            out = c * torch.tanh(out / c)
+            out = out.clamp(-c, c) if self.cfg.clip_mode == "hard" else c * torch.tanh(out / c)
         a, b = out.chunk(2, dim=-1)
         return a, b
 
@@ -222,12 +241,15 @@ class FlowBlock(nn.Module):
         y: torch.Tensor | None = None,
         w: float = 0.0,
         kernel: str = "auto",
+        schedule: str = "constant",
     ) -> torch.Tensor:
         """Exact inverse, one token at a time: x_{t+1} = z_{t+1} exp(a_{t+1}) + b_{t+1}.
 
         ``static``: every step has the same shapes (a full-length masked cache, the position
         as a tensor), which a compiled network needs to be compiled once, not once a step.
-        ``kernel``: how the cached step attends (see KVCache: auto, native or torch)."""
+        ``kernel``: how the cached step attends (see KVCache: auto, native or torch).
+        ``schedule``: the guidance scale of every step (constant: ``w``), or annealed over the
+        tokens as apple/ml-tarflow samples (linear: (t + 1) / (T - 1) x ``w`` at step t)."""
         zp = self.order(z)
         n, t_total, _ = zp.shape
         x = torch.empty_like(zp)
@@ -242,11 +264,12 @@ class FlowBlock(nn.Module):
             ]
         positions = torch.arange(t_total, device=z.device)
         for t in range(t_total - 1):
+            wt = w * (t + 1) / (t_total - 1) if schedule == "linear" else w
             if cached:
                 pos = positions[t : t + 1] if static else t
-                a, b = self.params(x[:, t : t + 1], y, w, caches, pos)
+                a, b = self.params(x[:, t : t + 1], y, wt, caches, pos)
             else:
-                a, b = self.params(x[:, : t + 1], y, w)
+                a, b = self.params(x[:, : t + 1], y, wt)
             torch.addcmul(b[:, -1], zp[:, t + 1], torch.exp(a[:, -1]), out=x[:, t + 1])
         return self.order(x)
 
@@ -309,11 +332,12 @@ class TarFlow(nn.Module):
         y: torch.Tensor | None = None,
         w: float = 0.0,
         kernel: str = "auto",
+        schedule: str = "constant",
     ) -> torch.Tensor:
         """Noise tokens z (b, T, D) -> image (b, C, H, W) by exact causal decoding (guided when
-        labels ``y`` and a scale ``w`` > 0 are given)."""
+        labels ``y`` and a scale ``w`` > 0 are given; ``schedule``: see FlowBlock.reverse)."""
         for block in reversed(self.blocks):
-            z = block.reverse(z, cached=cached, static=static, y=y, w=w, kernel=kernel)
+            z = block.reverse(z, cached, static, y, w, kernel, schedule)
         return self.to_image(z)
 
     def log_prob(

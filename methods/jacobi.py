@@ -11,6 +11,7 @@ on what else is in the batch), and later iterations run on the images still movi
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -114,6 +115,8 @@ class JacobiSampler(TarFlowSampler):
     ) -> None:
         self.jacobi = options or JacobiConfig()
         super().__init__(flow, device, sampling)
+        if self.guidance and self.schedule != "constant":
+            raise ValueError("Jacobi decoding guides every token alike: use a constant schedule")
 
     @classmethod
     def from_models(
@@ -124,6 +127,17 @@ class JacobiSampler(TarFlowSampler):
         options: JacobiConfig | None = None,
     ) -> JacobiSampler:
         return cls(models["flow"], device, sampling, options)
+
+    @classmethod
+    def problems(cls, cfg: Any, device: torch.device) -> list[str]:
+        s = cfg.sampling
+        out = super().problems(cfg, device)
+        if s.guidance and s.guidance_schedule != "constant":
+            out.append(
+                f"sampling.guidance_schedule: got {s.guidance_schedule!r}; Jacobi decoding "
+                "(tarflow_jacobi) guides every token alike; allowed: 'constant'"
+            )
+        return out
 
     def factors(self) -> Factors:
         return replace(super().factors(), reverse="jacobi")

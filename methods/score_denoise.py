@@ -24,8 +24,8 @@ def tweedie_step(
     y: torch.Tensor | None = None,
     w: float = 0.0,
 ) -> torch.Tensor:
-    """x + sigma^2 * grad_x log p(x) for a batch of images (b, C, H, W); with labels ``y`` and a
-    guidance scale ``w``, the score of the guided flow (the one that drew x)."""
+    """x + sigma^2 * grad_x log p(x) for a batch of images (b, C, H, W); with labels ``y``, the
+    conditional model's score, and with a guidance scale ``w`` too, the guided flow's."""
     with torch.enable_grad():
         leaf = x.detach().requires_grad_(True)
         x = leaf.clone()  # a non-leaf input keeps module-tracking tools (FLOP counting) working
@@ -43,5 +43,5 @@ class ScoreDenoiseSampler(TarFlowSampler):
         return replace(super().factors(), denoise="score")
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.flow.reverse(z, self.cached, self.static, y, self.guidance, self.kernel)
-        return tweedie_step(self.flow, x, self.flow.cfg.noise_std, y, self.guidance)
+        x = self.decode(z, y)
+        return tweedie_step(self.flow, x, self.flow.cfg.noise_std, y, self.score_w)

@@ -21,6 +21,7 @@ from methods.flow import (  # noqa: F401  (re-exported: the flow's public names)
     guidance_error,
     is_guided,
     nll,
+    norm_control,
 )
 from methods.kinds import ModelKind, Models, register_kind
 from methods.registry import register
@@ -83,7 +84,9 @@ class TarFlowSampler(Sampler):
         # implies kv_cache: SamplingConfig refuses one without the other.)
         self.static = sampling.compile
         self.kernel = sampling.decode_kernel
-        self.guidance = sampling.guidance
+        self.guidance, self.schedule = sampling.guidance, sampling.guidance_schedule
+        # the score step's scale (score_denoise): the guided flow's, or 0 (conditional model)
+        self.score_w = self.guidance if sampling.score_guidance == "guided" else 0.0
         if problem := guidance_error(self.guidance, flow.cfg.num_classes):
             raise ValueError(problem)
         super().__init__(device, sampling)
@@ -121,13 +124,24 @@ class TarFlowSampler(Sampler):
         return Factors(
             reverse="exact",
             denoise="none",
-            norm_control="on" if self.flow.cfg.norm_clip > 0 else "off",
+            norm_control=norm_control(self.flow.cfg),
             guidance=self.guidance,
+            guidance_form=(
+                "inference" if self.schedule == "constant" else f"inference, {self.schedule}"
+            )
+            if self.flow.cfg.num_classes
+            else "-",
             conditional="yes" if self.flow.cfg.num_classes else "no",
         )
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.flow.reverse(z, self.cached, self.static, y, self.guidance, self.kernel)
+        return self.decode(z, y)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact causal decoding of z as the sampling config asks (cache, kernel, guidance)."""
+        return self.flow.reverse(
+            z, self.cached, self.static, y, self.guidance, self.kernel, self.schedule
+        )
 
 
 def decode_problems(cfg: Any, device: torch.device) -> list[str]:

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from methods.biflow import BiFlowConfig, ReverseModel, biflow_objective
+from methods.biflow import BiFlowConfig, ReverseModel
+from methods.biflow_loss import biflow_objective
 from methods.tarflow import TarFlow, TarFlowConfig, nll_objective
 from methods.training import TrainConfig, train
 

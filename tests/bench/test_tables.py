@@ -30,6 +30,8 @@ VARIANTS = {
     "other_cfg": ("biflow_score", "ablations", "aligned", "learned", "on", 1.5, "off", 1, (8, 9)),
 }
 CONDITIONAL = {"tarflow_cfg", "tarflow_cond", "biflow_cfg", "biflow_cond", "other_cfg"}
+FORM = {"tarflow_cfg": "inference", "tarflow_cond": "inference", "biflow_cfg": "training"}
+FORM |= {"biflow_cond": "training", "other_cfg": "training"}
 ANCHORS = {"anchor: gaussian noise": (400, 420), "anchor: held-out real": (1, 3)}
 
 
@@ -47,6 +49,7 @@ def results(fids: dict[str, tuple[float, ...]] | None = None, replicates: int = 
                 | {"is_domain": 1.0, "kid_domain": 0.5, "latency_ms_b1": math.nan}
             )
         for variant, (method, tables, rev, den, norm, g, feat, nfe, fid) in VARIANTS.items():
+            tables += ",guidance" if variant in FORM else ""
             rows.append(
                 {"method": method, "variant": "default" if variant == method else variant}
                 | {"replicate": rep, "tables": tables}
@@ -57,6 +60,7 @@ def results(fids: dict[str, tuple[float, ...]] | None = None, replicates: int = 
                 | {"recall_domain": 0.5, "latency_ms_b1": 100.0 * (rep + 1) + len(variant)}
                 | {"throughput_img_s": 50.0, "speedup_b1": 2.0 + rep, "speedup_tput": 1.0}
                 | {"conditional": "yes" if variant in CONDITIONAL else "no"}
+                | {"guidance_form": FORM.get(variant, "-")}
                 | {"extra_column_to_ignore": "x"}
             )
     return pd.DataFrame(rows)
@@ -93,7 +97,7 @@ def cells(md: str, method: str, variant: str) -> list[str]:
 
 def test_files_and_aggregation(tmp_path, capsys):
     out, md = tables(tmp_path, results(), capsys)
-    names = {"tables.md", "main.csv", "reverse.csv", "denoise.csv", "ablations.csv"}
+    names = {"tables.md", "main.csv", "reverse.csv", "denoise.csv", "ablations.csv", "guidance.csv"}
     assert {p.name for p in out.iterdir()} == names
     main_csv = pd.read_csv(out / "main.csv")
     assert list(main_csv["variant"]) == ["default"] * 3 + ["-"] * 2  # not merged
@@ -120,7 +124,10 @@ def test_files_and_aggregation(tmp_path, capsys):
 
 def test_reverse_ordering_holds(tmp_path, capsys):
     _, md = tables(tmp_path, results(), capsys)
-    assert "FID(aligned) < FID(naive) < FID(exact) **holds** in all 2 comparisons" in md
+    assert (
+        "FID(aligned) < FID(naive) < FID(exact) < FID(distilled) **holds** in all 2 comparisons"
+        in md
+    )
     aligned = line(md, "- aligned vs naive")
     assert "(denoise=learned)" in aligned and "gap +5.00 vs spread 1.41" in aligned
     assert aligned.endswith("**holds**.")
@@ -133,7 +140,7 @@ def test_reverse_ordering_holds(tmp_path, capsys):
 
 def test_reverse_ordering_does_not_hold(tmp_path, capsys):
     _, md = tables(tmp_path, results({"biflow_naive": (40, 42)}), capsys)
-    assert "FID(aligned) < FID(naive) < FID(exact) **does not hold**: 1 of 2" in md
+    assert "FID(aligned) < FID(naive) < FID(exact) < FID(distilled) **does not hold**: 1 of 2" in md
     assert line(md, "- aligned vs naive").endswith("**holds**.")
     naive = line(md, "- naive vs exact")
     assert "gap -10.00 vs spread 1.41" in naive and naive.endswith("**does not hold**.")
@@ -160,19 +167,24 @@ def test_ablation_pairs(tmp_path, capsys):
     assert "with norm_control=on (`biflow`, NFE 1)" in norm
     assert "with norm_control=off (`biflow_nonorm`, NFE 1)" in norm
     assert "gap +2.50 vs spread 1.41" in norm and norm.endswith("**lower FID with it**.")
-    guidance = [s for s in md.splitlines() if s.startswith("- **guidance**")]
-    # tarflow_cond vs tarflow_cfg, biflow_cond vs biflow_cfg: never an unconditional row (it
-    # differs in `conditional`) nor other_cfg (another sampler)
-    assert len(guidance) == 2
-    tar = line(md, "- **guidance** in `tarflow`")
-    assert "guidance=2 (`tarflow_cfg`, NFE 384)" in tar
-    assert "guidance=0 (`tarflow_cond`, NFE 192)" in tar
-    assert tar.endswith("**lower FID with it**.")  # 31 -> 26, gap 5 > 1.41
+    assert not [s for s in md.splitlines() if s.startswith("- **guidance**")]  # its own table
     feat = line(md, "- **feature_loss**")
     assert "feature_loss=vgg (`biflow_feat`" in feat and "gap -1.00" in feat
     assert feat.endswith("**within the spread (not resolved by 2 seeds)**.")
     assert "Feature loss network: `vgg`" in md
-    assert "biflow_nonorm" not in line(md, "- **guidance** in `biflow`")  # differs in two factors
+
+
+def test_guidance_claims(tmp_path, capsys):
+    _, md = tables(tmp_path, results(), capsys)
+    guidance = md.split("(`guidance`)")[1]
+    tar = line(guidance, "- `tarflow`, guidance inference")
+    assert "w=2: 26.00" in tar and "best w = 2" in tar and "(`tarflow_cond`)" in tar
+    assert tar.endswith("**holds**.")  # 31 -> 26, gap 5 > 1.41
+    bi = line(guidance, "- `biflow`, guidance training")
+    assert "w=1.5: 9.25" in bi and bi.endswith("**holds**.")  # 11 -> 9.25 vs spread 1.41
+    assert "- `biflow_score`, guidance training" in guidance  # another sampler: its own line
+    assert "6.79 (1 NFE)" in cells(guidance, "biflow", "biflow_cfg")
+    assert "6.79" not in cells(guidance, "biflow", "biflow_cond")  # unguided: no paper number
 
 
 def test_one_replicate_says_na(tmp_path, capsys):
@@ -184,7 +196,9 @@ def test_one_replicate_says_na(tmp_path, capsys):
 
 def test_missing_table_is_skipped(tmp_path, capsys):
     frame = results()
-    frame["tables"] = frame["tables"].str.replace(",ablations", "").replace("ablations", "main")
+    frame["tables"] = (
+        frame["tables"].str.replace(",ablations", "").str.replace("^ablations", "main", regex=True)
+    )
     out, md = tables(tmp_path, frame, capsys)
     assert "No row of this run belongs to the `ablations` table: skipped." in md
     empty = pd.read_csv(out / "ablations.csv")

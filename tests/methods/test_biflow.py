@@ -6,8 +6,9 @@ from methods.biflow import (
     BiFlowSampler,
     BiFlowScoreSampler,
     ReverseModel,
-    biflow_losses,
 )
+from methods.biflow_loss import biflow_losses
+from methods.perceptual import FeatureDistance
 from methods.tarflow import TarFlowSampler
 
 CPU = torch.device("cpu")
@@ -86,7 +87,7 @@ def test_the_feature_loss_uses_the_given_network_and_trains_g(trained_flow, digi
     torch.manual_seed(0)
     g = ReverseModel(BiFlowConfig(**SMALL, feature_weight=1.0), 49, 16, 2)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten()).requires_grad_(False)
-    _, _, losses = one_batch(trained_flow, g, digits, features=net)
+    _, _, losses = one_batch(trained_flow, g, digits, features=FeatureDistance(net))
     assert losses["feature"] > 0
     losses["loss"].backward()
     assert g.proj_out.weight.grad.abs().sum() > 0

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from methods import dist
-from methods.biflow import BiFlowConfig, ReverseModel, biflow_objective
+from methods.biflow import BiFlowConfig, ReverseModel
+from methods.biflow_loss import biflow_objective
 from methods.tarflow import TarFlow, nll_objective
 from methods.training import TrainConfig, train
 from tests.conftest import TINY, balanced_draw

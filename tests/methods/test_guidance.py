@@ -41,6 +41,9 @@ def test_tarflow_guidance_doubles_the_counted_nfe(trained_cond_flow):
     assert plain.nfe == k * (t - 1) and guided.nfe == 2 * k * (t - 1)
     assert guided.sequential_steps == plain.sequential_steps == k * (t - 1)  # one batched call
     score = ScoreDenoiseSampler(trained_cond_flow, CPU, SamplingConfig(guidance=2.0))
+    assert score.sample(SEEDS, 3).nfe == 2 * k * (t - 1) + 1  # through the conditional model
+    guided = SamplingConfig(guidance=2.0, score_guidance="guided")
+    score = ScoreDenoiseSampler(trained_cond_flow, CPU, guided)
     assert score.sample(SEEDS, 3).nfe == 2 * k * (t - 1) + 2  # the guided score pass too
 
 
