@@ -139,7 +139,31 @@ def _intro(run: Run, table: pd.DataFrame, samplers: pd.DataFrame) -> list[str]:
         "and held-out real images that no model saw (the floor), scored exactly like a sampler. "
         + _memory_note(samplers),
         "",
+        *_method_notes(cfg, samplers),
     ]
+
+
+def _method_notes(cfg: dict, samplers: pd.DataFrame) -> list[str]:
+    """What a reader must know to read the rows as the paper's: the perceptual network of any
+    BiFlow feature loss, and how guided rows were guided."""
+    out = []
+    nets = sorted(set(samplers.get("feature_loss", pd.Series(dtype=str)).dropna()) - {"off", "-"})
+    if nets:
+        out.append(
+            f"BiFlow's perceptual loss: {', '.join(nets)} (the independent CNN is trained here on "
+            "the training split and is never the network that scores FID; the paper's LPIPS "
+            "and ConvNeXt need weights that are not available offline)."
+        )
+    guided = pd.to_numeric(samplers.get("guidance", pd.Series(dtype=float)), errors="coerce")
+    if (guided > 0).any():
+        s = cfg.get("sampling", {})
+        out.append(
+            f"Guidance: TarFlow's scale is {s.get('guidance_schedule', 'constant')} over the "
+            f"tokens and a score step after guided sampling goes through the "
+            f"{s.get('score_guidance', 'conditional')} model, unless a variant overrides them "
+            "(results.csv's `guidance_form` says how each row guided)."
+        )
+    return [" ".join(out), ""] if out else []
 
 
 def _quality(run: Run, table: pd.DataFrame) -> list[str]:

@@ -25,9 +25,9 @@ from methods.perceptual import (
     FEATURE_NET,
     FEATURE_NETS,
     FeatureDistance,
-    LPIPSDistance,
     feature_key,
-    lpips_problem,
+    feature_problem,
+    user_networks,
 )
 from methods.registry import register
 from methods.score_denoise import tweedie_step
@@ -57,8 +57,10 @@ class BiFlowConfig:
     adaptive_p: float = 1.0
     adaptive_c: float = 1.0e-3
     feature_weight: float = 0.0  # feature (perceptual) loss on the output; needs a feature net
-    feature_net: str = "cnn"  # cnn (trained here) | lpips (LPIPS-VGG16, weights from a file)
-    feature_weights: str = ""  # lpips: a folder of torch.hub's layout holding its two files
+    # cnn (trained here) | lpips | convnext | lpips+convnext (the paper's; weights from a folder)
+    feature_net: str = "cnn"
+    feature_weights: str = ""  # the folder of the user's weights files (see methods.perceptual)
+    convnext_model: str = "convnext_tiny"  # the timm architecture of feature_net convnext
     label_drop: float = 0.1  # conditional G: share of labels trained as "no class" (needed by
     # both kinds of guidance)
     guidance_max: float = 0.0  # training-time guidance: w ~ U[0, guidance_max] per image is an
@@ -76,6 +78,7 @@ class BiFlowConfig:
         "adaptive_c",
         "feature_net",
         "feature_weights",
+        "convnext_model",
         "label_drop",
     )
 
@@ -266,11 +269,7 @@ class BiFlowSampler(Sampler):
     def problems(cls, cfg: Any, device: torch.device) -> list[str]:
         w, n, b = cfg.sampling.guidance, cfg.tarflow.num_classes, cfg.biflow
         out = [p] if (p := reverse_guidance_error(w, n, b)) else []
-        if (
-            b.feature_weight
-            and b.feature_net == "lpips"
-            and (p := lpips_problem(b.feature_weights))
-        ):
+        if b.feature_weight and (p := feature_problem(b)):
             out.append(p)
         return out + decode_problems(cfg, device)  # the run's fairness check decodes its flow
 
@@ -356,9 +355,9 @@ def _reverse_objective(cfg: Any, models: Models, services: Services):
     b = cfg.biflow
     if not b.feature_weight:
         return biflow_objective(models["flow"])
-    if b.feature_net == "lpips":
+    if b.feature_net != "cnn":
         dev = next(models["flow"].parameters()).device
-        return biflow_objective(models["flow"], LPIPSDistance(b.feature_weights).to(dev))
+        return biflow_objective(models["flow"], user_networks(b).to(dev))
     return biflow_objective(models["flow"], FeatureDistance(services.feature_net(cfg)))
 
 

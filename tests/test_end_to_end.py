@@ -316,11 +316,11 @@ def test_compare_catches_decoding_without_the_kv_cache(runs, tmp_path, capsys):
 VARIANTS = (
     "variants=["
     "{name: jacobi, method: tarflow_jacobi, tables: [main]},"
-    "{name: cfg, method: tarflow, tables: [main, ablations],"
+    "{name: cfg, method: tarflow, tables: [main, guidance],"
     " overrides: {tarflow.num_classes: 10, sampling.guidance: 1.0}},"
-    "{name: cond, method: biflow, tables: [ablations],"
+    "{name: cond, method: biflow, tables: [guidance],"
     " overrides: {tarflow.num_classes: 10, biflow.guidance_max: 2.0}},"
-    "{name: bicfg, method: biflow, tables: [main, ablations],"
+    "{name: bicfg, method: biflow, tables: [main, guidance],"
     " overrides: {tarflow.num_classes: 10, biflow.guidance_max: 2.0, sampling.guidance: 1.0}}]"
 )
 
@@ -348,9 +348,10 @@ def test_variants_and_replicates_run_and_tabulate(runs, tmp_path, capsys):
     assert digests.nunique() == 2  # replicate 1: other weights and other seeds
     assert main(["tables", str(tmp_path / "v")]) == 0
     text = (tmp_path / "v" / "tables" / "tables.md").read_text()
-    assert "**guidance** in `biflow`" in text  # cond vs bicfg: one model, w = 0 and 1
-    abl = pd.read_csv(tmp_path / "v" / "tables" / "ablations.csv")
-    assert set(abl.variant) == {"cfg", "cond", "bicfg"}
+    # cond vs bicfg: one model, w = 0 and 1
+    assert "- `biflow`, guidance training: FID (domain) by w: w=0: " in text
+    guidance = pd.read_csv(tmp_path / "v" / "tables" / "guidance.csv")
+    assert set(guidance.variant) == {"cfg", "cond", "bicfg"}
     capsys.readouterr()
 
 

@@ -2,6 +2,8 @@
 hidden distillation, adaptive weighting, norm control's two switches, inference-time guidance,
 and TarFlow's annealed guidance."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from methods.base import SamplingConfig
 from methods.biflow import BiFlowConfig, BiFlowSampler, ReverseModel
 from methods.biflow_loss import biflow_losses, conditioning, distance, reduce
 from methods.flow import FlowBlock, TarFlowConfig, norm_control
-from methods.perceptual import lpips_problem
+from methods.perceptual import feature_problem
 from methods.tarflow import TarFlowSampler
 from methods.training import Labels
 from methods.validate import FieldError
@@ -165,9 +167,40 @@ def test_linear_schedule_anneals_the_scale_over_the_tokens(trained_cond_flow, mo
     assert s.factors().guidance_form == "inference, linear"
 
 
-def test_lpips_weights_are_named_when_missing(tmp_path):
-    assert "feature_weights: got ''" in lpips_problem("")
+def test_a_users_convnext_weights_are_loaded_and_pull_on_g(tmp_path):
+    """feature_net convnext: a timm ConvNeXt state dict from the weights folder (random weights
+    here, saved as a user would save real ones), its head dropped, gradients reaching the
+    images; the key names the file's bytes."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from methods.perceptual import feature_key, user_networks
+
+    net = timm.create_model("convnext_atto", pretrained=False)
+    save_file(net.state_dict(), str(tmp_path / "convnext_atto.safetensors"))
+    b = BiFlowConfig(
+        **SMALL, feature_weight=1.0, feature_net="convnext", convnext_model="convnext_atto"
+    )
+    b = dataclasses.replace(b, feature_weights=str(tmp_path))
+    dist = user_networks(b)
+    images = torch.zeros(2, 1, 28, 28, requires_grad=True)
+    d = dist(images, torch.rand(2, 1, 28, 28) * 2 - 1)
+    assert d.shape == (2,) and (d > 0).all()
+    d.sum().backward()
+    assert images.grad.abs().sum() > 0
+    cfg = type("Cfg", (), {"biflow": b})
+    key = feature_key(cfg)
+    (tmp_path / "convnext_atto.safetensors").write_bytes(b"other")
+    assert feature_key(cfg) != key
+
+
+def test_missing_perceptual_weights_are_named(tmp_path):
+    b = BiFlowConfig(**SMALL, feature_weight=1.0, feature_net="lpips+convnext")
+    assert "feature_weights: got ''" in feature_problem(b)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "weights-vgg16-lpips.pth").write_bytes(b"x")
-    problem = lpips_problem(str(tmp_path))
-    assert "missing checkpoints/vgg16-397923af.pth" in problem and "lpips.pth" not in problem
+    problem = feature_problem(dataclasses.replace(b, feature_weights=str(tmp_path)))
+    assert "missing checkpoints/vgg16-397923af.pth, convnext_tiny" in problem
+    assert "weights-vgg16-lpips.pth," not in problem.split("missing")[1].split("(")[0]
+    with pytest.raises(FieldError, match="feature_net"):
+        BiFlowConfig(**SMALL, feature_net="vgg")
