@@ -163,10 +163,11 @@ class ReverseModel(nn.Module):
         guidance, which runs every stage on the conditional and the "no class" rows."""
         return args[0].shape[0] * (2 if kwargs.get("cfg") else 1)
 
-    def _condition(self, n: int, y, w, device) -> torch.Tensor | float:
-        """What is added to every stage's input: class (and scale) embeddings, or 0."""
+    def _condition(self, n: int, y, w, device) -> torch.Tensor | None:
+        """What is added to every stage's input: class (and scale) embeddings; None for an
+        unconditional G."""
         if not self.num_classes:
-            return 0.0
+            return None
         if y is None:
             raise ValueError("a class-conditional reverse model needs labels")
         c = self.class_emb(y)[:, None]
@@ -196,7 +197,8 @@ class ReverseModel(nn.Module):
         cond = self._condition(len(z), y, w, z.device)
         hidden = []
         for i, stage in enumerate(self._stages()):
-            h = h + cond
+            if self.num_classes:
+                h = h + cond
             for layer in stage:
                 h = layer(h, causal=False)
             if keep_hidden and i < len(self.stages):
