@@ -73,6 +73,15 @@ _ALL = [
     Column("speedup_b1", "speedup b=1", "{:.1f}x"),
     Column("speedup_tput", "speedup tput", "{:.1f}x"),
     Column("ms_per_img_tput", "ms/img at tput batch", "{:.2f}"),
+    # how far each timing can be trusted (bench.trust): ok | noisy | busy | contradiction: ...
+    Column("latency_b1_trust", "latency b=1 trust"),
+    Column("throughput_trust", "throughput trust"),
+    Column("speedup_b1_trust", "speedup b=1 trust"),
+    Column("speedup_tput_trust", "speedup tput trust"),
+    Column("latency_iqr_b1", "latency b=1 IQR / median", "{:.1%}"),
+    Column("throughput_iqr", "throughput IQR / median", "{:.1%}"),
+    Column("latency_cpu_share_b1", "latency b=1 CPU share", "{:.2f}"),
+    Column("throughput_cpu_share", "throughput CPU share", "{:.2f}"),
     Column("achieved_gflop_s", "achieved GFLOP/s", "{:.1f}"),
     Column("peak_fraction", "% of matmul peak", "{:.1%}"),
     # memory

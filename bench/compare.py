@@ -28,12 +28,13 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from bench import config_file, runfolder
+from bench import config_file, gate_stats, runfolder
 from bench.columns import GATED, Column
 from bench.config import CompareConfig, ConfigError, parse_section
 from bench.runfolder import ROW_KEY, Run
 
 METRICS: tuple[Column, ...] = GATED  # what is judged, each by its column's gate
+TIMED = ("latency", "throughput")  # gates decided by the test over raw repeats where they exist
 KEY = list(ROW_KEY)
 
 
@@ -162,6 +163,7 @@ def compare(base: Run, new: Run, th: CompareConfig) -> tuple[pd.DataFrame, bool]
             f"new {_keys(new.results)}"
         )
     lost = set(_keys(base.results)) - set(_keys(merged))
+    ratios_base, ratios_new = gate_stats.round_ratios(base), gate_stats.round_ratios(new)
     out = []
     for _, r in merged.iterrows():
         for m in METRICS:
@@ -175,6 +177,17 @@ def compare(base: Run, new: Run, th: CompareConfig) -> tuple[pd.DataFrame, bool]
             if verdict == "n/a":
                 continue
             change = (n - b) / abs(b) if b != 0 and not _isnan(b) else math.nan
+            key = (r["method"], r["variant"], r["replicate"], m.name)
+            stats: dict = {"test": "margin on the median"} if m.gate in TIMED else {}
+            if m.gate in TIMED and key in ratios_base and key in ratios_new:
+                t = gate_stats.test(ratios_base[key], ratios_new[key])
+                verdict = t.verdict(allowed / abs(b) if b else 0.0, th.alpha)
+                change = t.estimate
+                stats = {
+                    "test": f"U test, {t.n_base} vs {t.n_new} rounds",
+                    "interval": f"[{t.low:+.1%}, {t.high:+.1%}]",
+                    "p": t.p_worse,
+                }
             out.append(
                 {
                     "method": r["method"],
@@ -187,6 +200,7 @@ def compare(base: Run, new: Run, th: CompareConfig) -> tuple[pd.DataFrame, bool]
                     "change": change,
                     "allowed": allowed,
                     "verdict": verdict,
+                    **stats,
                 }
             )
     for method, variant, replicate in sorted(lost):
@@ -208,6 +222,10 @@ def compare(base: Run, new: Run, th: CompareConfig) -> tuple[pd.DataFrame, bool]
     return table, bool((table.verdict == "REGRESSED").any())
 
 
+def _text(x: object) -> str:
+    return "" if not isinstance(x, str) else x
+
+
 def render(table: pd.DataFrame, base: Run, new: Run, th: CompareConfig) -> str:
     def num(x: float) -> str:
         if _isnan(x):
@@ -227,6 +245,8 @@ def render(table: pd.DataFrame, base: Run, new: Run, th: CompareConfig) -> str:
             num(r.new),
             "" if _isnan(r.change) else f"{r.change:+.1%}",
             num(r.allowed),
+            _text(getattr(r, "interval", "")),
+            "" if _isnan(getattr(r, "p", math.nan)) else f"{r.p:.2g}",
             r.verdict,
         ]
         for r in table.itertuples()
@@ -238,11 +258,26 @@ def render(table: pd.DataFrame, base: Run, new: Run, th: CompareConfig) -> str:
         f"Thresholds (ratios to the calibration workload): latency +{th.latency_rel:.0%}, "
         f"time per throughput batch +{th.throughput_rel:.0%}; memory "
         f"+{th.memory_rel:.0%}, FID +{th.fid_abs}, KID +{th.kid_abs}, IS -{th.is_abs}; counts "
-        "exact. `allowed` is the worsening tolerated, in the metric's units.",
+        "exact. `allowed` is the worsening tolerated, in the metric's units. Timings of two run "
+        "folders that kept their repeats are judged by a one-sided Mann-Whitney U test over the "
+        "per-round ratios to the calibration workload: regressed when p < "
+        f"{th.alpha:g} and the ratio of medians grew by more than the threshold (its change "
+        "and bootstrap 95% interval shown); otherwise by the threshold on the median.",
         "",
         tabulate(
             rows,
-            ["sampler", "metric", "kind", "baseline", "new", "change", "allowed", "verdict"],
+            [
+                "sampler",
+                "metric",
+                "kind",
+                "baseline",
+                "new",
+                "change",
+                "allowed",
+                "95% interval",
+                "p (worse)",
+                "verdict",
+            ],
             tablefmt="github",
             disable_numparse=True,
         ),

@@ -94,6 +94,14 @@ class EvalConfig:
     sweep_batches: tuple[int, ...] = (1, 4, 16, 64)  # timing sweep (plus throughput_batch)
     memory: bool = True  # peak memory of each sampler (CPU: one fresh process each, ~8 s)
     export: str = ""  # also write the scored images: "" (off), npz or png (docs/export.md)
+    # When a timing is trusted (bench.timing.Adapt): a round is busy when the calibration
+    # workload got less than this share of its cores; a timing is noisy when its repeats'
+    # interquartile range exceeds this share of their median; busy or noisy, more rounds run
+    # for up to timing_max_s seconds (at most timing_max_repeats rounds); then it is flagged.
+    timing_min_cpu_share: float = 0.75
+    timing_max_iqr: float = 0.15
+    timing_max_s: float = 30.0
+    timing_max_repeats: int = 30
 
     def __post_init__(self) -> None:
         check(
@@ -108,6 +116,10 @@ class EvalConfig:
             grid=(1, MAX_IMAGES),
             kid_subset=(2, None),
             export=("", "npz", "png"),
+            timing_min_cpu_share=(0, 1),
+            timing_max_iqr=(0, None),
+            timing_max_s=(0, None),
+            timing_max_repeats=(1, None),
         )
         sweep = self.sweep_batches
         if not sweep or not 1 <= min(sweep) <= max(sweep) <= MAX_IMAGES:
@@ -157,6 +169,7 @@ class CompareConfig:
     fid_abs: float = 1.0  # allowed FID increase
     kid_abs: float = 0.05  # allowed KID increase
     is_abs: float = 0.2  # allowed IS decrease
+    alpha: float = 0.01  # significance of the timing test over raw repeats (bench.gate_stats)
 
     def __post_init__(self) -> None:
         check(
@@ -167,6 +180,7 @@ class CompareConfig:
             fid_abs=(0, None),
             kid_abs=(0, None),
             is_abs=(0, None),
+            alpha=(0, 1),
         )
 
 

@@ -70,4 +70,6 @@ def environment(device: torch.device) -> dict:
         **{f"{p}_version": version(p) for p in ("torch", "torchvision", "torch-fidelity")},
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": git("status", "--porcelain") not in ("", "n/a"),
+        # the gate's debug switch (methods.faults.slowdown): samplers slowed on purpose
+        "slowdown": os.environ.get("FLOWBENCH_SLOWDOWN", ""),
     }

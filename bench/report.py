@@ -10,6 +10,7 @@ from tabulate import tabulate
 
 from bench.columns import Column, pick, view
 from bench.plots import FIGURES
+from bench.report_notes import marked, method_notes, timing_warnings
 from bench.runfolder import IncompleteRunError, Run, entry_names, load_run
 from methods import label
 from methods.atomic import write_text
@@ -133,37 +134,15 @@ def _intro(run: Run, table: pd.DataFrame, samplers: pd.DataFrame) -> list[str]:
         f"{ev['warmup']} warm-up; throughput: median of {ev['throughput_repeats']} runs at batch "
         f"{ev['throughput_batch']}. Speedups are against causal decoding in this run.",
         "",
-        md_table(table),
+        md_table(marked(table)),
         "",
+        *timing_warnings(table, env.get("slowdown", "")),
         "The two anchor rows bracket every quality number: Gaussian noise images (the ceiling) "
         "and held-out real images that no model saw (the floor), scored exactly like a sampler. "
         + _memory_note(samplers),
         "",
-        *_method_notes(cfg, samplers),
+        *method_notes(cfg, samplers),
     ]
-
-
-def _method_notes(cfg: dict, samplers: pd.DataFrame) -> list[str]:
-    """What a reader must know to read the rows as the paper's: the perceptual network of any
-    BiFlow feature loss, and how guided rows were guided."""
-    out = []
-    nets = sorted(set(samplers.get("feature_loss", pd.Series(dtype=str)).dropna()) - {"off", "-"})
-    if nets:
-        out.append(
-            f"BiFlow's perceptual loss: {', '.join(nets)} (the independent CNN is trained here on "
-            "the training split and is never the network that scores FID; the paper's LPIPS "
-            "and ConvNeXt need weights that are not available offline)."
-        )
-    guided = pd.to_numeric(samplers.get("guidance", pd.Series(dtype=float)), errors="coerce")
-    if (guided > 0).any():
-        s = cfg.get("sampling", {})
-        out.append(
-            f"Guidance: TarFlow's scale is {s.get('guidance_schedule', 'constant')} over the "
-            f"tokens and a score step after guided sampling goes through the "
-            f"{s.get('score_guidance', 'conditional')} model, unless a variant overrides them "
-            "(results.csv's `guidance_form` says how each row guided)."
-        )
-    return [" ".join(out), ""] if out else []
 
 
 def _quality(run: Run, table: pd.DataFrame) -> list[str]:

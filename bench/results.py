@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from bench import trust
 from bench.rundir import write_json
 from methods import atomic, faults
 
@@ -16,13 +17,16 @@ if TYPE_CHECKING:
 
 
 def write_results(r: Run) -> None:
-    """One row per entry (and anchor) with every measured figure: results.csv/.parquet, and
-    the timing sweep: sweep.csv; then run.json says "complete"."""
+    """One row per entry (and anchor) with every measured figure: results.csv/.parquet, the
+    timing sweep: sweep.csv, and every timed repeat: timing_repeats.csv; then run.json says
+    "complete"."""
     table, unavailable = table_of(r)
     atomic.atomic_write(r.dir / "results.csv", lambda p: table.to_csv(p, index=False))
     faults.point("write:results")
     sweep = pd.DataFrame(r.out["timing"]["sweep"])
     atomic.atomic_write(r.dir / "sweep.csv", lambda p: sweep.to_csv(p, index=False))
+    repeats = pd.DataFrame(r.out["timing"].get("repeats", []))
+    atomic.atomic_write(r.dir / "timing_repeats.csv", lambda p: repeats.to_csv(p, index=False))
     atomic.atomic_write(r.dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
     r.info.update(
         status="complete",
@@ -63,4 +67,4 @@ def table_of(r: Run) -> tuple[pd.DataFrame, dict[str, str]]:
         table["speedup_vs"] = base
         table["speedup_b1"] = base.map(lat) / table["latency_ms_b1"]
         table["speedup_tput"] = table["throughput_img_s"] / base.map(thr)
-    return table, unavailable
+    return trust.annotate(table, r.todo, baselines), unavailable

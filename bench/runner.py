@@ -171,8 +171,8 @@ def _anchors(r: Run, rep: int) -> list[dict]:
 
 
 def _timing(r: Run) -> dict:
-    main, sweep = time_samplers(r.samplers, r.cfg, r.device, r.baselines)
-    return {"main": main, "sweep": sweep}
+    main, sweep, repeats = time_samplers(r.samplers, r.cfg, r.device, r.baselines)
+    return {"main": main, "sweep": sweep, "repeats": repeats}
 
 
 def _flops(r: Run) -> dict:

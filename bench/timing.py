@@ -20,12 +20,48 @@ from methods.base import synchronize
 
 
 @dataclass(frozen=True)
+class Repeat:
+    """One timed run: its wall time and what the OS says about the process meanwhile."""
+
+    wall_s: float
+    cpu_s: float | None = None  # process CPU time, all threads (None on CUDA: not the work)
+    nivcsw: int | None = None  # involuntary context switches of the process
+    steal_s: float | None = None  # the machine's steal time (a VM's stolen cycles), all CPUs
+
+    def cpu_share(self, threads: int) -> float | None:
+        """CPU time over wall time x threads: ~1 when the process had its cores throughout."""
+        if self.cpu_s is None or self.wall_s <= 0:
+            return None
+        return self.cpu_s / (self.wall_s * threads)
+
+
+@dataclass(frozen=True)
+class Adapt:
+    """When a timing is trustworthy, and how hard to try before saying it is not.
+
+    A round (one repeat of every workload, interleaved) is *busy* when the reference workload
+    (the calibration, whose arithmetic keeps every thread busy) got less than ``min_cpu_share``
+    of its cores: another process had them. A timing is *noisy* when the interquartile range of
+    its repeats exceeds ``max_iqr`` of their median. Busy rounds are dropped and more rounds run
+    while any timing is noisy or too few quiet rounds are left, until ``max_s`` seconds of extra
+    rounds or ``max_repeats`` rounds; what is still noisy or busy is flagged."""
+
+    max_iqr: float = 0.15
+    min_cpu_share: float = 0.75
+    max_s: float = 30.0
+    max_repeats: int = 30
+
+
+@dataclass(frozen=True)
 class Timing:
     median_s: float
     min_s: float
     max_s: float
     repeats: int
-    times_s: tuple[float, ...] = ()  # every timed repeat, in order
+    times_s: tuple[float, ...] = ()  # the repeats the median is over, in order
+    rounds: tuple[Repeat, ...] = ()  # every timed repeat, busy ones included, in order
+    used: tuple[bool, ...] = ()  # which of ``rounds`` the median is over (not busy)
+    verdict: str = "ok"  # ok | noisy | busy (see Adapt)
 
     def median_ratio(self, other: Timing) -> float:
         """Median over repeats of self / other, repeat by repeat: for two workloads timed
@@ -38,8 +74,33 @@ class Timing:
         """(max - min) / median over the repeats: the noise of this measurement."""
         return (self.max_s - self.min_s) / self.median_s if self.median_s > 0 else 0.0
 
+    @property
+    def iqr(self) -> float:
+        """Interquartile range / median of the repeats (0 with fewer than 4)."""
+        return relative_iqr(self.times_s)
 
-def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+
+def relative_iqr(times: tuple[float, ...] | list[float]) -> float:
+    if len(times) < 4:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    med = statistics.median(times)
+    return (q3 - q1) / med if med > 0 else 0.0
+
+
+_PROC_STAT = Path("/proc/stat")
+
+
+def _steal_s() -> float | None:
+    """Steal time of all CPUs since boot (the 8th field of /proc/stat's cpu line), seconds."""
+    try:
+        fields = _PROC_STAT.read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _time_once(fn: Callable[[], object], device: torch.device) -> Repeat:
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         synchronize(device)
@@ -47,12 +108,20 @@ def _time_once(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         end.record()
         synchronize(device)
-        return start.elapsed_time(end) / 1e3
+        return Repeat(start.elapsed_time(end) / 1e3)
     synchronize(device)
+    steal0, ru0, cpu0 = _steal_s(), resource.getrusage(resource.RUSAGE_SELF), time.process_time()
     t0 = time.perf_counter()
     fn()
     synchronize(device)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    cpu, ru, steal1 = (
+        time.process_time() - cpu0,
+        resource.getrusage(resource.RUSAGE_SELF),
+        _steal_s(),
+    )
+    steal = None if steal0 is None or steal1 is None else steal1 - steal0
+    return Repeat(wall, cpu, ru.ru_nivcsw - ru0.ru_nivcsw, steal)
 
 
 def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
@@ -64,23 +133,75 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats
 
 
 def measure_interleaved(
-    fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    adapt: Adapt | None = None,
+    reference: str | None = None,
 ) -> dict[str, Timing]:
     """Time several workloads round-robin: repeat r of every workload runs before repeat r+1 of
     any. A shared machine drifts in speed over seconds; interleaving spreads that drift over all
     workloads instead of charging it to whichever ran during a slow spell, so their ratios hold.
+
+    With ``adapt``, rounds in which the ``reference`` workload was starved of CPU are dropped
+    and more rounds run while a timing is noisy (see :class:`Adapt`); every round is kept in
+    ``Timing.rounds``.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    rounds: list[dict[str, Repeat]] = []
+
+    def one_round() -> None:
+        rounds.append({name: _time_once(fn, device) for name, fn in fns.items()})
+
     for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(_time_once(fn, device))
-    return {
-        name: Timing(statistics.median(t), min(t), max(t), repeats, tuple(t))
-        for name, t in times.items()
-    }
+        one_round()
+    threads = torch.get_num_threads()
+
+    def busy(rnd: dict[str, Repeat]) -> bool:
+        if adapt is None or reference is None:
+            return False
+        share = rnd[reference].cpu_share(threads)
+        return share is not None and share < adapt.min_cpu_share
+
+    def quiet() -> list[dict[str, Repeat]]:
+        return [r for r in rounds if not busy(r)]
+
+    def noisy() -> bool:
+        q = quiet()
+        return len(q) < repeats or any(
+            relative_iqr([r[n].wall_s for r in q]) > adapt.max_iqr for n in fns
+        )
+
+    if adapt is not None:
+        t_end = time.perf_counter() + adapt.max_s
+        while noisy() and len(rounds) < adapt.max_repeats and time.perf_counter() < t_end:
+            one_round()
+    q = quiet()
+    use = q if len(q) >= min(repeats, 2) else rounds  # next to no quiet round: all of them
+    used = tuple(any(r is u for u in use) for r in rounds)
+    out = {}
+    for name in fns:
+        t = [r[name].wall_s for r in use]
+        verdict = "ok"
+        if adapt is not None:
+            if len(q) < repeats:  # not as many quiet rounds as asked for, even after more
+                verdict = "busy"
+            elif relative_iqr(t) > adapt.max_iqr:
+                verdict = "noisy"
+        out[name] = Timing(
+            statistics.median(t),
+            min(t),
+            max(t),
+            len(t),
+            tuple(t),
+            tuple(r[name] for r in rounds),
+            used,
+            verdict,
+        )
+    return out
 
 
 def op_breakdown(fn: Callable[[], object], groups: dict[str, Callable[[str], bool]]) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
+from methods import faults
 from methods.transformer import KERNELS
 from methods.validate import FieldError, check
 
@@ -230,6 +231,10 @@ class Sampler(ABC):
         """Build the sampler from the trained models named in ``needs`` (and its own config
         section's value, when it declares one)."""
 
+    # The registered sampler whose whole work this one runs before its own extra step (the
+    # score step after decoding): it can never be faster, which bench.trust checks.
+    includes: str = ""
+
     @classmethod
     def problems(cls, cfg: object, device: torch.device) -> list[str]:
         """What in ``cfg`` (the run's config, read by section) this sampler could not honour,
@@ -270,6 +275,7 @@ class Sampler(ABC):
         synchronize(self.device)
         t0 = time.perf_counter()
         for start in range(0, len(seeds), batch_size):
+            t_batch = time.perf_counter()
             batch = seeds[start : start + batch_size]
             z, y = self.inputs(batch)
             calls0, rows0 = counter.count, counter.rows
@@ -280,6 +286,9 @@ class Sampler(ABC):
             img, n_bad = to_uint8(x.float().cpu())
             images.append(img)
             bad += n_bad
+            if faults.slowdown(self.name):  # the gate's test switch; never set in a real run
+                synchronize(self.device)
+                faults.extra_work(self.name, time.perf_counter() - t_batch)
             if on_batch is not None:
                 on_batch(len(img))
         synchronize(self.device)

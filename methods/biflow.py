@@ -114,9 +114,10 @@ class ReverseModel(nn.Module):
     """G: noise tokens (b, T, D) -> image tokens (b, T, D), with bidirectional attention.
 
     Class-conditional (``num_classes`` > 0): a class embedding ("no class" = ``num_classes``)
-    is added to the input of every stage, so guidance can act stage by stage; with
-    training-time guidance an embedding of the scale w too, so a guided sample is still one
-    evaluation."""
+    is added to the input of every stage and taken off its output, so each stage is conditioned
+    but the state it hands on is not: guidance (eq. 4) then extrapolates what the stage did
+    given the class, never the embedding itself. With training-time guidance an embedding of
+    the scale w is added the same way, so a guided sample is still one evaluation."""
 
     def __init__(
         self, cfg: BiFlowConfig, tokens: int, dim: int, flow_blocks: int, num_classes: int = 0
@@ -197,10 +198,12 @@ class ReverseModel(nn.Module):
         cond = self._condition(len(z), y, w, z.device)
         hidden = []
         for i, stage in enumerate(self._stages()):
-            if self.num_classes:
+            if cond is not None:
                 h = h + cond
             for layer in stage:
                 h = layer(h, causal=False)
+            if cond is not None:  # the condition enters each stage but is not carried on
+                h = h - cond
             if keep_hidden and i < len(self.stages):
                 hidden.append(h)
         return self.proj_out(self.norm(h)), hidden
@@ -214,6 +217,7 @@ class ReverseModel(nn.Module):
             hh = torch.cat([h, h]) + cond
             for layer in stage:
                 hh = layer(hh, causal=False)
+            hh = hh - cond  # each branch's output state, without its condition
             c, u = hh[:n], hh[n:]
             h = c + scale * (c - u)
         return self.proj_out(self.norm(h))
@@ -320,6 +324,7 @@ class BiFlowScoreSampler(BiFlowSampler):
     denoising: the denoising ablation's "score" row). 1 + one flow forward/backward."""
 
     label = "BiFlow + score denoising"
+    includes = "biflow"  # the same G, then the score step
 
     def networks(self) -> list[nn.Module]:
         return [self.g, self.flow]
@@ -341,9 +346,10 @@ def _reverse_spec(cfg: Any, shape: Shape, models: Models, keys: Mapping[str, str
         dim=flow.dim,
         flow_blocks=cfg.tarflow.blocks,
         flow=keys["flow"],
-        # conditional G: the class enters every stage and training-time guidance fits the
-        # implied conditional state (objective 2; 1 was the guided forward flow's states)
-        **({"num_classes": n, "objective": 2} if n else {}),
+        # conditional G: the class enters every stage (and leaves its output: 3; 2 carried it on
+        # in the state), training-time guidance fits the implied conditional state (1 fitted
+        # the guided forward flow's states)
+        **({"num_classes": n, "objective": 3} if n else {}),
     )
 
 

@@ -38,6 +38,7 @@ class ScoreDenoiseSampler(TarFlowSampler):
     """K x (T - 1) decoding evaluations plus one forward/backward pass of the whole flow."""
 
     label = "TarFlow + score denoising"
+    includes = "tarflow"  # the same decode, then the score step
 
     def factors(self) -> Factors:
         return replace(super().factors(), denoise="score")
