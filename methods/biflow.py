@@ -36,6 +36,7 @@ from methods.transformer import Layer
 from methods.validate import FieldError, check
 
 HIDDEN = ("align", "distill")
+OBJECTIVE = 3  # of a conditional G; see _reverse_spec
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,7 @@ def _reverse_spec(cfg: Any, shape: Shape, models: Models, keys: Mapping[str, str
         # conditional G: the class enters every stage (and leaves its output: 3; 2 carried it on
         # in the state), training-time guidance fits the implied conditional state (1 fitted
         # the guided forward flow's states)
-        **({"num_classes": n, "objective": 3} if n else {}),
+        **({"num_classes": n, "objective": OBJECTIVE} if n else {}),
     )
 
 
@@ -367,6 +368,13 @@ def _reverse_objective(cfg: Any, models: Models, services: Services):
         dev = next(models["flow"].parameters()).device
         return biflow_objective(models["flow"], user_networks(b).to(dev))
     return biflow_objective(models["flow"], FeatureDistance(services.feature_net(cfg)))
+
+
+def _key_extra(cfg: Any) -> tuple:
+    """The feature network of G's loss, and for a conditional G the objective's version (the
+    spec's ``objective``), so a G of an older objective is never loaded for a newer one."""
+    version = (f"conditional objective {OBJECTIVE}",) if cfg.tarflow.num_classes else ()
+    return (*feature_key(cfg), *version)
 
 
 REVERSE = register_kind(
@@ -390,7 +398,7 @@ REVERSE = register_kind(
         shrink=lambda c: replace(c, depth=1),  # one stage of one layer (+ the denoising stage)
         example=_reverse_example,
         needs=("flow",),
-        key_extra=feature_key,
+        key_extra=_key_extra,
         classes=lambda cfg: cfg.tarflow.num_classes,
     )
 )
