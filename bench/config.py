@@ -8,8 +8,6 @@ allowed. The file itself is read by :mod:`bench.config_file`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import re
 import types
@@ -18,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config_file import ConfigError, moved_keys, parse, read
+from bench.config_file import ConfigError, moved_keys, parse, read, to_dict
 from methods.base import SamplingConfig
 from methods.registry import sections as method_sections
 from methods.validate import FieldError, check, shown
@@ -389,23 +387,3 @@ def variant_config(cfg: BenchConfig, index: int) -> BenchConfig:
         return _build(BenchConfig, raw)
     except ConfigError as e:
         raise ConfigError(f"variants[{index}] ({v.name}): {e}") from None
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """JSON-friendly dict of a config dataclass (tuples become lists); a BenchConfig's method
-    sections at the top level, where the YAML has them."""
-    out = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    if isinstance(cfg, BenchConfig):
-        flat: dict[str, Any] = {}
-        for k, v in out.items():
-            flat.update(v if k == "sections" else {k: v})
-        out = flat
-    return out
-
-
-def config_hash(*parts: Any) -> str:
-    """Stable 12-hex digest of config dataclasses/dicts: keys a checkpoint cache entry."""
-    blob = json.dumps(
-        [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -9,6 +9,9 @@ and values its constructors fail on with a bare ValueError (``!!int x``, the dat
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -158,3 +161,23 @@ def moved_keys(raw: dict[str, Any]) -> dict[str, Any]:
                 out[nsec].setdefault(nkey, value)
             print(f"warning: {old} is now {new}; read as {new}", file=sys.stderr, flush=True)
     return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """JSON-friendly dict of a config dataclass (tuples become lists); a BenchConfig's method
+    sections at the top level, where the YAML has them."""
+    out = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    if "sections" in out:  # a BenchConfig
+        flat: dict[str, Any] = {}
+        for k, v in out.items():
+            flat.update(v if k == "sections" else {k: v})
+        out = flat
+    return out
+
+
+def config_hash(*parts: Any) -> str:
+    """Stable 12-hex digest of config dataclasses/dicts: keys a checkpoint cache entry."""
+    blob = json.dumps(
+        [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 import methods
 from bench import data
-from bench.config import BenchConfig, ConfigError, config_hash, load_config, to_dict
+from bench.config import BenchConfig, ConfigError, load_config
+from bench.config_file import config_hash, to_dict
 from bench.data import Splits
 from bench.environment import environment, resolve_device
 from bench.models import ModelStore, build_sampler

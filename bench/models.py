@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.config import BenchConfig, ClassifierConfig, ConfigError, config_hash
+from bench.config import BenchConfig, ClassifierConfig, ConfigError
+from bench.config_file import config_hash
 from bench.data import DataError, Splits
 from methods import checkpoint, dist
 from methods.base import Sampler

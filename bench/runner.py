@@ -20,7 +20,8 @@ import torch
 
 import methods
 from bench import data, plots, report
-from bench.config import BenchConfig, ConfigError, to_dict
+from bench.config import BenchConfig, ConfigError
+from bench.config_file import to_dict
 from bench.cost import sampler_flops, sampler_memory
 from bench.environment import environment, resolve_device
 from bench.flops import matmul_peak

@@ -19,7 +19,7 @@ from torch import nn
 from methods import checkpoint
 from methods.base import DEFAULT_SAMPLING, Factors, Sampler, SamplingConfig
 from methods.biflow_loss import biflow_objective
-from methods.flow import TarFlow, guidance_error, norm_control
+from methods.flow import TarFlow, norm_control, reverse_guidance_error
 from methods.kinds import ModelKind, Models, Services, Shape, register_kind
 from methods.perceptual import (
     FEATURE_NET,
@@ -222,23 +222,6 @@ class ReverseModel(nn.Module):
             c, u = hh[:n], hh[n:]
             h = c + scale * (c - u)
         return self.proj_out(self.norm(h))
-
-
-def reverse_guidance_error(w: float, num_classes: int, cfg: BiFlowConfig) -> str:
-    """Why a reverse model of ``cfg`` cannot sample with guidance scale ``w`` ("" if it can):
-    training-time guidance within the scales it learned, inference-time guidance with labels
-    dropped in training."""
-    if not w or not num_classes:
-        return guidance_error(w, num_classes, cfg.guidance_max)
-    if cfg.guidance_max:
-        return guidance_error(w, num_classes, cfg.guidance_max)
-    if not cfg.label_drop:
-        return (
-            f"sampling.guidance: got {w}; inference-time guidance of G needs its unconditional "
-            "mode (biflow.label_drop > 0) or training-time guidance (biflow.guidance_max > 0); "
-            "allowed: 0"
-        )
-    return ""
 
 
 @register("biflow")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +161,23 @@ def guidance_error(w: float, num_classes: int, guidance_max: float | None = None
         return (
             f"sampling.guidance: got {w}; the reverse model learns guidance scales up to "
             f"biflow.guidance_max = {guidance_max}; allowed: <= {guidance_max}"
+        )
+    return ""
+
+
+def reverse_guidance_error(w: float, num_classes: int, cfg: Any) -> str:
+    """Why a reverse model of ``cfg`` (its BiFlowConfig) cannot sample with guidance scale
+    ``w`` ("" if it can): training-time guidance within the scales it learned, inference-time
+    guidance with labels dropped in training."""
+    if not w or not num_classes:
+        return guidance_error(w, num_classes, cfg.guidance_max)
+    if cfg.guidance_max:
+        return guidance_error(w, num_classes, cfg.guidance_max)
+    if not cfg.label_drop:
+        return (
+            f"sampling.guidance: got {w}; inference-time guidance of G needs its unconditional "
+            "mode (biflow.label_drop > 0) or training-time guidance (biflow.guidance_max > 0); "
+            "allowed: 0"
         )
     return ""
 

@@ -1,6 +1,7 @@
 import pytest
 
-from bench.config import BenchConfig, ConfigError, config_hash, load_config
+from bench.config import BenchConfig, ConfigError, load_config
+from bench.config_file import config_hash
 
 V = "variants:\n  - name: x\n    method: biflow\n"  # one variant; tests append its fields
 V_ERR = "variants[0] (x): "

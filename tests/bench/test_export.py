@@ -17,7 +17,8 @@ from PIL import Image
 
 from bench import data, export
 from bench.cli import main
-from bench.config import config_hash, load_config, to_dict
+from bench.config import load_config
+from bench.config_file import config_hash, to_dict
 from bench.metrics import DOMAIN, ImageTensorDataset
 from bench.scoring import score_sampler, scored_seeds
 from methods.base import labels_for_seeds

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import ConfigError, load_config, to_dict
+from bench.config import ConfigError, load_config
+from bench.config_file import to_dict
 from bench.rundir import (
     BenchError,
     Parts,
