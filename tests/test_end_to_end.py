@@ -418,3 +418,63 @@ def test_sigterm_marks_the_run_interrupted_and_it_resumes(runs, tmp_path):
     assert info["status"] == "interrupted" and "Terminated: signal SIGTERM" in info["error"]
     run_smoke(None, cache, "--resume", str(out), *QUICK)
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+# A run while other processes keep every core busy: its timings are within the spread of a
+# quiet run's or flagged, in results and report; a contradiction is never left unflagged.
+TIMED = {"latency_b1": "latency_b1_vs_cal", "throughput": "tput_time_vs_cal"}
+SETTINGS = tuple(
+    arg
+    for kv in (
+        "metrics.extractors=[domain]",
+        "eval.memory=false",
+        "eval.num_samples=40",
+        "eval.kid_subset=20",
+        "eval.batch_size=40",
+        "eval.latency_repeats=5",
+        "eval.throughput_repeats=5",
+        "eval.throughput_batch=16",
+        "eval.sweep_batches=[1]",
+        "eval.timing_max_s=3",
+    )
+    for arg in ("--set", kv)
+)
+HOG = "import time\nend = time.time() + 300\nwhile time.time() < end: pass\n"
+
+
+@pytest.mark.slow
+def test_a_run_on_a_busy_machine_flags_its_timings(runs, tmp_path):
+    first, *_ = runs
+    cache = first.parent / "cache"  # the models of the end-to-end runs
+    run_smoke(tmp_path / "quiet", cache, *SETTINGS)
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(os.cpu_count() or 2)]
+    try:
+        run_smoke(tmp_path / "busy", cache, *SETTINGS)
+    finally:
+        for h in hogs:
+            h.kill()
+    quiet = pd.read_csv(tmp_path / "quiet" / "results.csv").dropna(subset=["key"])
+    busy = pd.read_csv(tmp_path / "busy" / "results.csv").dropna(subset=["key"])
+    quiet, busy = quiet.set_index("key"), busy.set_index("key")
+    flagged = 0
+    for key in busy.index:
+        for timing, ratio in TIMED.items():
+            trust = busy.loc[key, f"{timing}_trust"]
+            if trust != "ok":
+                flagged += 1
+                continue
+            q = quiet.loc[key]
+            tol = max(
+                0.25,
+                3 * float(q[f"{'latency_iqr_b1' if timing == 'latency_b1' else 'throughput_iqr'}"]),
+            )
+            assert abs(busy.loc[key, ratio] / q[ratio] - 1) <= tol, (key, timing)
+    # a sampler containing another is never reported faster than it without a flag
+    t, s = busy.loc["tarflow"], busy.loc["tarflow_score"]
+    if s["latency_ms_b1"] < 0.95 * t["latency_ms_b1"]:
+        assert s["latency_b1_trust"] != "ok"
+    report = (tmp_path / "busy" / "report.md").read_text()
+    if flagged:
+        assert "**Timing warnings**" in report and "⚠" in report
+    shares = pd.read_csv(tmp_path / "busy" / "timing_repeats.csv")["cpu_share"]
+    assert shares.min() < 0.75  # the busy loops did take the cores

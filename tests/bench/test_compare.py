@@ -57,7 +57,8 @@ def test_a_clearly_worse_fid_is_caught(tmp_path, capsys):
 
 def test_timing_is_judged_against_the_calibration_workload(tmp_path):
     """Everything twice as slow, calibration included: the machine, not the code. Only the
-    sampler twice as slow: a regression."""
+    sampler twice as slow: a regression. Judged by the margin on the median where a folder
+    kept no repeats."""
     th = CompareConfig(latency_rel=0.5)
     base = load_results(BASELINE)
 
@@ -65,15 +66,54 @@ def test_timing_is_judged_against_the_calibration_workload(tmp_path):
         t["latency_ms_b1"] *= 2
         t["calibration_ms_b1"] *= 2
 
-    table, regressed = compare(base, load_results(edited(tmp_path / "a", machine)), th)
+    def bare(folder: Path) -> Path:
+        (folder / "timing_repeats.csv").unlink()
+        return folder
+
+    table, regressed = compare(base, load_results(bare(edited(tmp_path / "a", machine))), th)
     assert not regressed
 
     def code(t):
         t.loc[t.method == "tarflow", "latency_b1_vs_cal"] *= 2
 
-    table, regressed = compare(base, load_results(edited(tmp_path / "b", code)), th)
+    table, regressed = compare(base, load_results(bare(edited(tmp_path / "b", code))), th)
     bad = table[table.verdict == "REGRESSED"]
     assert regressed and list(bad.metric) == ["latency_b1_vs_cal"]
+    assert set(table[table.kind == "latency"].test) == {"margin on the median"}
+
+
+def repeats_edited(tmp_path: Path, edit) -> Path:
+    """A copy of the baseline with its timing_repeats.csv changed by ``edit``."""
+    new = tmp_path / "new"
+    shutil.copytree(BASELINE, new)
+    raw = pd.read_csv(new / "timing_repeats.csv")
+    edit(raw)
+    raw.to_csv(new / "timing_repeats.csv", index=False)
+    return new
+
+
+def test_the_raw_repeats_decide_by_a_test(tmp_path):
+    """With repeats in both folders: every wall time doubled (the machine) passes; tarflow's
+    alone 1.3x slower at batch 1 (the code) fails on that timing alone, with its interval."""
+    th = CompareConfig(latency_rel=0.15, throughput_rel=0.15)
+    base = load_results(BASELINE)
+
+    def machine(raw):
+        raw["wall_s"] *= 2
+
+    table, regressed = compare(base, load_results(repeats_edited(tmp_path / "a", machine)), th)
+    assert not regressed
+    assert table[table.kind == "latency"].test.str.startswith("U test").all()
+
+    def code(raw):
+        raw.loc[(raw.method == "tarflow") & (raw.batch == 1), "wall_s"] *= 1.3
+
+    table, regressed = compare(base, load_results(repeats_edited(tmp_path / "b", code)), th)
+    bad = table[table.verdict == "REGRESSED"]
+    got = list(zip(bad.method, bad.metric, strict=True))
+    assert regressed and got == [("tarflow", "latency_b1_vs_cal")]
+    row = bad.iloc[0]
+    assert abs(row.change - 0.3) < 1e-9 and row.p < 0.01 and row.interval.startswith("[+")
 
 
 def test_thresholds_come_from_the_config_and_the_command_line(tmp_path, capsys):
