@@ -45,6 +45,20 @@ def test_a_replicate_shifts_every_model_kinds_training_seed():
             ["methods=[biflow]", "sampling.decode_kernel=native", "sampling.precision=bf16"],
             "biflow: sampling.decode_kernel: native cannot run: it computes in float32",
         ),
+        (
+            ["methods=[biflow]", "biflow.feature_weight=1", "biflow.feature_net=lpips"],
+            "biflow: biflow.feature_weights: got ''; feature_net lpips needs a folder",
+        ),
+        (
+            ["methods=[tarflow_jacobi]", "tarflow.num_classes=10", "sampling.guidance=1"]
+            + ["sampling.guidance_schedule=linear"],
+            "tarflow_jacobi: sampling.guidance_schedule: got 'linear'; Jacobi decoding",
+        ),
+        (
+            ["methods=[biflow]", "tarflow.num_classes=10", "biflow.label_drop=0"]
+            + ["sampling.guidance=1"],
+            "biflow: sampling.guidance: got 1.0; inference-time guidance of G needs",
+        ),
     ],
 )
 def test_choices_a_sampler_cannot_honour_are_refused(overrides, message):
