@@ -84,6 +84,7 @@ _ALL = [
     Column("throughput_cpu_share", "throughput CPU share", "{:.2f}"),
     Column("achieved_gflop_s", "achieved GFLOP/s", "{:.1f}"),
     Column("peak_fraction", "% of matmul peak", "{:.1%}"),
+    Column("peak_precision", "peak of"),  # fp32 | bf16: the precision the sampler ran in
     # memory
     Column("peak_mem_mb", "peak mem (MB)", "{:.0f}", "memory", +1),
     Column("mem_sampling_mb", "of which sampling (MB)", "{:.0f}"),

@@ -71,9 +71,23 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """Measured FLOP/s of an n x n float32 matmul: the ceiling achieved FLOP/s is read against."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # sampling.precision -> dtype
+
+
+def matmul_peak(
+    device: torch.device, n: int = 2048, repeats: int = 5, precision: str = "fp32"
+) -> float:
+    """Measured FLOP/s of an n x n matmul in ``precision`` (fp32 or bf16): the ceiling a
+    sampler's achieved FLOP/s is read against, in the precision it ran in."""
+    a = torch.randn(n, n, device=device, dtype=PRECISIONS[precision])
+    b = torch.randn(n, n, device=device, dtype=PRECISIONS[precision])
     t = measure(lambda: a @ b, device, warmup=2, repeats=repeats)
     return 2 * n**3 / t.median_s
+
+
+def peak_of(flops: dict, precision: str) -> float:
+    """The flops stage's matmul peak for ``precision`` (runs made before bf16 was measured
+    hold the float32 peak alone: NaN for bf16)."""
+    if precision == "bf16":
+        return flops.get("matmul_peak_bf16", float("nan"))
+    return flops["matmul_peak"]

@@ -57,6 +57,7 @@ COST = pick(  # where the time and memory go
     "ms_per_img_tput",
     "achieved_gflop_s",
     "peak_fraction",
+    "peak_precision",
     "peak_mem_mb",
     "mem_sampling_mb",
     "nvml_memory_used_mb",  # GPU runs only
@@ -186,13 +187,19 @@ def _decode_vs_forward(dvf: dict | None) -> list[str]:
 def _cost(run: Run, table: pd.DataFrame, samplers: pd.DataFrame) -> list[str]:
     out = []
     if "flops_per_img" in table.columns:
-        peak = run.info.get("matmul_peak_gflop_s")
+        peak, bf16 = run.info.get("matmul_peak_gflop_s"), run.info.get("matmul_peak_bf16_gflop_s")
+        also = (
+            f" and in bfloat16 **{bf16:.1f} GFLOP/s**; each sampler's share is of the peak of "
+            "the precision it ran in"
+            if bf16 is not None and bf16 == bf16
+            else ""
+        )
         out += [
             "## Cost",
             "",
             f"FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` (matrix products, "
             f"forward and backward); the matmul peak of this machine, measured in this run with a "
-            f"2048 x 2048 float32 product, is **{peak:.1f} GFLOP/s**.",
+            f"2048 x 2048 product, is in float32 **{peak:.1f} GFLOP/s**{also}.",
             "",
             md_table(samplers, COST),
             "",

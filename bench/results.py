@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from bench import trust
+from bench.flops import peak_of
 from bench.rundir import write_json
 from methods import atomic, faults
 
@@ -41,6 +42,8 @@ def write_results(r: Run) -> None:
 def table_of(r: Run) -> tuple[pd.DataFrame, dict[str, str]]:
     timings, fl, mem = r.out["timing"]["main"], r.out["flops"], r.out.get("memory", {})
     r.info["matmul_peak_gflop_s"] = fl["matmul_peak"] / 1e9
+    r.info["matmul_peak_bf16_gflop_s"] = peak_of(fl, "bf16") / 1e9
+    precision = {e.key: e.cfg.sampling.precision for e in r.todo}
     rows = [dict(row) for row in r.out["score"].values()]
     for row in rows:
         n = row["key"]
@@ -48,7 +51,8 @@ def table_of(r: Run) -> tuple[pd.DataFrame, dict[str, str]]:
         row.update(
             flops_per_img=fl["per_img"][n],
             achieved_gflop_s=achieved / 1e9,
-            peak_fraction=achieved / fl["matmul_peak"],
+            peak_precision=precision[n],  # the peak below is of the precision it ran in
+            peak_fraction=achieved / peak_of(fl, precision[n]),
         )
         row.update(timings[n])
         row.update(mem.get(n, {}))

@@ -179,6 +179,7 @@ def _timing(r: Run) -> dict:
 def _flops(r: Run) -> dict:
     return {
         "matmul_peak": matmul_peak(r.device),
+        "matmul_peak_bf16": matmul_peak(r.device, precision="bf16"),
         "per_img": {e.key: sampler_flops(r.samplers[e.key], scored_seeds(e.cfg)) for e in r.todo},
     }
 

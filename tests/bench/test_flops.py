@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.flops import count_flops, matmul_peak
+from bench.flops import count_flops, matmul_peak, peak_of
 from methods.biflow import BiFlowSampler
 from methods.score_denoise import ScoreDenoiseSampler, tweedie_step
 
@@ -55,3 +57,13 @@ def test_biflow_flops_are_one_pass_of_its_network(trained_flow, trained_reverse)
 def test_matmul_peak_is_a_plausible_rate():
     peak = matmul_peak(CPU, n=256, repeats=2)
     assert 1e8 < peak < 1e15
+
+
+def test_each_sampler_is_read_against_the_peak_of_its_precision():
+    """bf16 is measured in its own product; a bf16 sampler's share is of that peak, a float32
+    one's of the float32 peak; a run made before bf16 was measured has no bf16 peak (NaN)."""
+    bf16 = matmul_peak(CPU, n=256, repeats=2, precision="bf16")
+    assert 1e8 < bf16 < 1e15
+    flops = {"matmul_peak": 1.0e11, "matmul_peak_bf16": 4.0e11}
+    assert peak_of(flops, "bf16") == 4.0e11 and peak_of(flops, "fp32") == 1.0e11
+    assert math.isnan(peak_of({"matmul_peak": 1.0e11}, "bf16"))
