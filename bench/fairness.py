@@ -35,7 +35,8 @@ def decode_attention_form(flow, device: torch.device, kernel: str) -> str:
 
 def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
     """Fairness check of the causal baseline, measured in this run: one full causal decode
-    against one parallel forward pass of the same flow, both at the throughput batch."""
+    against one parallel forward pass of the same flow, both at the throughput batch, and
+    (``batch1``) both at batch 1, where per-step overhead rather than arithmetic decides."""
     b = cfg.eval.throughput_batch
     kernel = cfg.sampling.decode_kernel
     z = noise_for_seeds(range(b), (flow.tokens, flow.dim)).to(device)
@@ -53,6 +54,7 @@ def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
     dec_flops = count_flops(lambda: flow.reverse(z[:2], kernel=kernel)) // 2
     dec, fwd = t["decode"], t["forward"]
     return {
+        "batch1": _at_batch_one(flow, z[:1], x[:1], device, cfg),
         "decode_flops_per_img": dec_flops,
         "forward_flops_per_img": fwd_flops,
         "batch": b,
@@ -65,4 +67,19 @@ def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
         "decode_spread": dec.spread,
         "forward_spread": fwd.spread,
         **profiled,
+    }
+
+
+def _at_batch_one(flow, z, x, device: torch.device, cfg: BenchConfig) -> dict:
+    kernel = cfg.sampling.decode_kernel
+    work = {"decode": lambda: flow.reverse(z, kernel=kernel), "forward": lambda: flow(x)}
+    with torch.no_grad():
+        t = measure_interleaved(work, device, cfg.eval.warmup, cfg.eval.latency_repeats)
+    dec, fwd = t["decode"], t["forward"]
+    return {
+        "decode_s": dec.median_s,
+        "forward_s": fwd.median_s,
+        "ratio": dec.median_ratio(fwd),
+        "decode_spread": dec.spread,
+        "forward_spread": fwd.spread,
     }

@@ -165,6 +165,16 @@ def _quality(run: Run, table: pd.DataFrame) -> list[str]:
     ]
 
 
+def _batch_one(b1: dict | None) -> str:
+    if not b1:
+        return ""
+    return (
+        f" At batch 1 the decode takes {b1['decode_s'] * 1e3:.1f} ms and the forward pass "
+        f"{b1['forward_s'] * 1e3:.2f} ms, **{b1['ratio']:.0f}x**: there the decode's time is "
+        "the overhead of its sequential steps, not arithmetic."
+    )
+
+
 def _decode_vs_forward(dvf: dict | None) -> list[str]:
     if not dvf:
         return []
@@ -178,7 +188,8 @@ def _decode_vs_forward(dvf: dict | None) -> list[str]:
         f"key/value cache both do the same arithmetic; the ratio is the price of doing it one "
         f"token at a time: every step multiplies {dvf['batch']}-row matrices and re-reads "
         f"the cached keys and values."
-        + (f" The decode attended with {dvf['attention']}." if "attention" in dvf else ""),
+        + (f" The decode attended with {dvf['attention']}." if "attention" in dvf else "")
+        + _batch_one(dvf.get("batch1")),
         "",
         *_breakdown(dvf.get("profile_ms")),
     ]

@@ -129,6 +129,10 @@ def test_run_folder_holds_every_output(runs):
         parts = sum(v for k, v in p.items() if k != "profiled wall")
         assert parts == pytest.approx(p["profiled wall"])
     assert "| linear layers " in (first / "report.md").read_text()
+    # ... at batch 1 as well: the same arithmetic in 96 sequential steps instead of one pass
+    b1 = info["decode_vs_forward"]["batch1"]
+    assert b1["ratio"] > 1 and b1["decode_s"] > b1["forward_s"] > 0
+    assert "At batch 1 the decode takes" in (first / "report.md").read_text()
 
 
 def test_counts_and_anchors(runs):
