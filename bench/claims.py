@@ -15,9 +15,6 @@ FACTORS = Factors.names()
 ABLATED = ("norm_control", "feature_loss", "weighting")
 OFF = {"norm_control": "off", "feature_loss": "off", "weighting": "fixed"}  # "without" it
 NA = "-"  # a factor that does not apply to a sampler (weighting of TarFlow) matches any value
-# The table each claim is tested in, and the factor its rows differ in (ablations, guidance:
-# each row differs from another in one factor, whichever)
-TABLE_FACTOR = {"reverse": "reverse", "denoise": "denoise"}
 REVERSE_ORDER = ("aligned", "naive", "exact", "distilled")  # the paper's, lowest FID first
 DENOISE_ORDER = ("learned", "score", "none")
 GAP = "Gap: FID of the row expected worse minus FID of the one expected better (+: as claimed)."

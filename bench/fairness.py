@@ -43,7 +43,7 @@ def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
     x = flow.reverse(z, kernel=kernel)
     work = {"decode": lambda: flow.reverse(z, kernel=kernel), "forward": lambda: flow(x)}
     with torch.no_grad():
-        t = measure_interleaved(work, device, cfg.eval.warmup, cfg.eval.throughput_repeats)
+        paired = _paired(work, device, cfg.eval.warmup, cfg.eval.throughput_repeats)
         fwd_flops = count_flops(lambda: flow(x[:2])) // 2
         profiled = {}
         if device.type == "cpu":  # the profiler's CPU self times; on a GPU they would be launches
@@ -52,21 +52,29 @@ def decode_vs_forward(flow, device: torch.device, cfg: BenchConfig) -> dict:
     # with them: the same arithmetic). The torch form's CPU matrix products would pad the first
     # steps to 400 / head_dim keys for BLAS at the throughput batch (see KVCache), not counted.
     dec_flops = count_flops(lambda: flow.reverse(z[:2], kernel=kernel)) // 2
-    dec, fwd = t["decode"], t["forward"]
     return {
         "batch1": _at_batch_one(flow, z[:1], x[:1], device, cfg),
         "decode_flops_per_img": dec_flops,
         "forward_flops_per_img": fwd_flops,
         "batch": b,
         "attention": decode_attention_form(flow, device, kernel),
+        **paired,
+        **profiled,
+    }
+
+
+def _paired(work: dict, device: torch.device, warmup: int, repeats: int) -> dict:
+    """The decode and the forward pass of ``work`` timed interleaved: medians, spreads, and the
+    median of the per-repeat ratios (each decode ran moments before its forward pass, so a slow
+    spell of a shared machine cancels instead of tilting one side)."""
+    t = measure_interleaved(work, device, warmup, repeats)
+    dec, fwd = t["decode"], t["forward"]
+    return {
         "decode_s": dec.median_s,
         "forward_s": fwd.median_s,
-        # Median of the per-repeat ratios: each decode ran moments before its forward pass
-        # (interleaved), so a slow spell of a shared machine cancels instead of tilting one side.
         "ratio": dec.median_ratio(fwd),
         "decode_spread": dec.spread,
         "forward_spread": fwd.spread,
-        **profiled,
     }
 
 
@@ -74,12 +82,4 @@ def _at_batch_one(flow, z, x, device: torch.device, cfg: BenchConfig) -> dict:
     kernel = cfg.sampling.decode_kernel
     work = {"decode": lambda: flow.reverse(z, kernel=kernel), "forward": lambda: flow(x)}
     with torch.no_grad():
-        t = measure_interleaved(work, device, cfg.eval.warmup, cfg.eval.latency_repeats)
-    dec, fwd = t["decode"], t["forward"]
-    return {
-        "decode_s": dec.median_s,
-        "forward_s": fwd.median_s,
-        "ratio": dec.median_ratio(fwd),
-        "decode_spread": dec.spread,
-        "forward_spread": fwd.spread,
-    }
+        return _paired(work, device, cfg.eval.warmup, cfg.eval.latency_repeats)

@@ -21,8 +21,8 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from bench.runfolder import ROW_KEY, Run
+from bench.speed import CALIBRATION
 
-CALIBRATION = "calibration workload"  # bench.speed's name of the calibration workload
 BOOTSTRAP = 2000
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.claims import compare, row_name
+
 Row = Mapping[str, object]
 SOURCE = "arXiv 2512.10953, ImageNet 256, FID-50k, BiFlow-B/2"
 
@@ -72,13 +74,11 @@ def paper_fid(table: str, row: Row) -> str:
     return next((p.fid for p in PAPER if p.matches(table, row)), "")
 
 
-def guidance_lines(
-    sub: pd.DataFrame, compare: Callable[[Row, Row], tuple[str, str]], name: Callable[[Row], str]
-) -> list[str]:
-    """The paper's guidance claims, tested on the guidance table's rows (``compare``: the tables'
-    FID comparison, better row first). For each reverse sampler and guidance form: the sweep of
-    w, its best w against the same model unguided; then training-time guidance (1 NFE) against
-    inference-time guidance (2 NFE), each at its best w."""
+def guidance_lines(sub: pd.DataFrame) -> list[str]:
+    """The paper's guidance claims, tested on the guidance table's rows (bench.claims.compare:
+    the tables' FID comparison against the spread). For each reverse sampler and guidance
+    form: the sweep of w, its best w against the same model unguided; then training-time
+    guidance (1 NFE) against inference-time guidance (2 NFE), each at its best w."""
     rows = [r for r in sub.to_dict("records") if not r["anchor"]]
     best: dict[tuple[str, str], Row] = {}
     lines = []
@@ -95,7 +95,7 @@ def guidance_lines(
         line += f"; best w = {top['guidance']}"
         if plain:
             verdict, text = compare(top, plain[0])
-            line += f"; against w = 0 (`{name(plain[0])}`): {text}: **{verdict}**"
+            line += f"; against w = 0 (`{row_name(plain[0])}`): {text}: **{verdict}**"
         lines.append(line + ".")
     one = [r for (m, f), r in best.items() if f == "training"]
     two = [r for (m, f), r in best.items() if f == "inference" and m.startswith("biflow")]
@@ -103,9 +103,9 @@ def guidance_lines(
         verdict, text = compare(one[0], two[0])
         same = "match (within the spread)" if verdict.startswith("within") else verdict
         lines.append(
-            f"- training-time (`{name(one[0])}`, NFE {one[0]['nfe']:.0f}) vs inference-time "
-            f"(`{name(two[0])}`, NFE {two[0]['nfe']:.0f}) guidance, each at its best w: {text}: "
-            f"**{same}** (the paper: 6.79 vs 6.90, a match)."
+            f"- training-time (`{row_name(one[0])}`, NFE {one[0]['nfe']:.0f}) vs inference-time "
+            f"(`{row_name(two[0])}`, NFE {two[0]['nfe']:.0f}) guidance, each at its best w: "
+            f"{text}: **{same}** (the paper: 6.79 vs 6.90, a match)."
         )
     if not lines:
         return ["No guided rows in this table: nothing to compare."]

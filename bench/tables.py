@@ -21,7 +21,6 @@ from bench.claims import (
     DENOISE_ORDER,
     REVERSE_ORDER,
     ablations,
-    compare,
     nfe_text,
     ordering,
     pm,
@@ -264,7 +263,7 @@ def render(
             "Ablations",
             lambda s: [*ablations(s), "", *feature_net_note(models or {}, config)],
         ),
-        "guidance": ("Guidance", lambda s: guidance_lines(s, compare, row_name)),
+        "guidance": ("Guidance", guidance_lines),
     }
     frames = {}
     for table, (title, note) in titles.items():

@@ -51,12 +51,11 @@ def contradictions(table: pd.DataFrame, todo: list[Entry]) -> dict[tuple[str, st
         if r is None:
             continue
         inner = rows.get(contained(e, todo))
-        for timing, col, iqr in (
+        pairs = (
             ("latency_b1", "latency_ms_b1", "latency_iqr_b1"),
             ("throughput", "ms_per_img_tput", "throughput_iqr"),
-        ):
-            if inner is None:
-                continue
+        )
+        for timing, col, iqr in pairs if inner is not None else ():
             tol = _tol(r.get(iqr), inner.get(iqr))
             if r[col] < inner[col] * (1 - tol):
                 found[(e.key, timing)] = (

@@ -169,9 +169,7 @@ def reverse_guidance_error(w: float, num_classes: int, cfg: Any) -> str:
     """Why a reverse model of ``cfg`` (its BiFlowConfig) cannot sample with guidance scale
     ``w`` ("" if it can): training-time guidance within the scales it learned, inference-time
     guidance with labels dropped in training."""
-    if not w or not num_classes:
-        return guidance_error(w, num_classes, cfg.guidance_max)
-    if cfg.guidance_max:
+    if not w or not num_classes or cfg.guidance_max:
         return guidance_error(w, num_classes, cfg.guidance_max)
     if not cfg.label_drop:
         return (

@@ -427,18 +427,13 @@ def test_sigterm_marks_the_run_interrupted_and_it_resumes(runs, tmp_path):
 # A run while other processes keep every core busy: its timings are within the spread of a
 # quiet run's or flagged, in results and report; a contradiction is never left unflagged.
 TIMED = {"latency_b1": "latency_b1_vs_cal", "throughput": "tput_time_vs_cal"}
-SETTINGS = tuple(
+# QUICK with enough repeats to judge the spread by (later --set values win)
+SETTINGS = QUICK + tuple(
     arg
     for kv in (
-        "metrics.extractors=[domain]",
-        "eval.memory=false",
-        "eval.num_samples=40",
-        "eval.kid_subset=20",
-        "eval.batch_size=40",
         "eval.latency_repeats=5",
         "eval.throughput_repeats=5",
         "eval.throughput_batch=16",
-        "eval.sweep_batches=[1]",
         "eval.timing_max_s=3",
     )
     for arg in ("--set", kv)
