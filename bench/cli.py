@@ -11,9 +11,9 @@ from pathlib import Path
 
 from bench import dryrun, dryrun_render, export, plots, tables
 from bench.compare import CompareError, compare, load_results, render, thresholds
-from bench.config import ConfigError, load_config, variant_config
+from bench.config import EXTRACTORS, ConfigError, load_config, variant_config
 from bench.data import DataError
-from bench.metrics import CacheIntegrityError
+from bench.featcache import CacheIntegrityError
 from bench.report import render_many, write
 from bench.runfolder import IncompleteRunError
 from bench.runner import BenchError, run
@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     tab.add_argument(
         "--out", type=Path, default=None, help="folder for the tables (default RUN_DIR/tables)"
     )
+    _export_parsers(sub)
+    return p
+
+
+def _export_parsers(sub) -> None:
+    """`bench sample` and `bench refstats`: files that outside evaluators read."""
     sa = sub.add_parser(
         "sample", help="draw one sampler's images into an ADM-style .npz or a PNG folder"
     )
@@ -112,7 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("--format", choices=export.FORMATS, default="npz")
     sa.add_argument("--rgb", action="store_true", help="grey images as 3 equal channels")
     sa.add_argument("--out", type=Path, required=True, help="the .npz file or PNG folder")
-    return p
+    rs = sub.add_parser(
+        "refstats", help="write reference statistics (mu, sigma) and images as an ADM .npz"
+    )
+    rs.add_argument("config", type=Path, nargs="?", help="YAML config (or give --run)")
+    rs.add_argument("--run", type=Path, default=None, metavar="RUN_DIR", help="a finished run")
+    rs.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    rs.add_argument("--extractor", choices=EXTRACTORS, default="inception_offline")
+    rs.add_argument("--num", type=int, default=None, help="reference images (default: a run's)")
+    rs.add_argument("--images-only", action="store_true", help="arr_0 only, no mu/sigma")
+    rs.add_argument("--out", type=Path, required=True, help="the .npz file")
 
 
 def _dry_run(cfg, args: argparse.Namespace) -> int:
@@ -175,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sample":
             if (path := export.sample_command(args)) is not None:
                 _out(f"[bench] wrote {path}")
+        elif args.command == "refstats":
+            _out(f"[bench] wrote {export.refstats_command(args)}")
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import pandas as pd
+
+from bench.config import EXTRACTORS
 from methods.base import Factors
 
 GATES = ("exact", "latency", "throughput", "memory", "fid", "kid", "is", "info", "none")
@@ -50,6 +53,14 @@ class Column:
             return str(value)
         return self.format.format(value / self.scale)
 
+
+# The results with a bootstrap interval: FID (FD outside the Inception family), KID, precision
+# (not recall: with the generated k-NN radii fixed, its interval understates the noise 2-3x)
+INTERVALS = tuple(
+    f"{'fd' if m == 'fid' and ex in ('dinov2', 'clip') else m}_{ex}"
+    for ex in EXTRACTORS
+    for m in ("fid", "kid", "precision")
+)
 
 _ALL = [
     # which row: the row key, the table memberships, the design factors
@@ -107,7 +118,27 @@ _ALL = [
     Column("is_inception", "IS inception", "{:.2f}", "is", -1),
     Column("precision_inception", "precision inception", "{:.3f}"),
     Column("recall_inception", "recall inception", "{:.3f}"),
-    Column("n_samples_inception", "n (inception)", "{:.0f}"),
+    Column("n_samples_inception", "n (inception, dinov2, clip)", "{:.0f}"),
+    *[
+        Column(f"{m}_{ex}", f"{label} {ex}", fmt, "info", worse)
+        for ex in ("dinov2", "clip")
+        for m, label, fmt, worse in (
+            ("fd", "FD", "{:.2f}", +1),
+            ("kid", "KID", "{:.4f}", +1),
+            ("precision", "precision", "{:.3f}", 0),
+            ("recall", "recall", "{:.3f}", 0),
+        )
+    ],
+    # FID against outside statistics (metrics.reference_stats), by the extractor they are of
+    *[Column(f"fid_refstats_{ex}", f"FID vs ref. stats ({ex})", "{:.2f}") for ex in EXTRACTORS],
+    # 95% bootstrap intervals over the generated features (metrics.bootstrap): ends, and as text
+    *[
+        Column(f"{name}_{end}", f"{name} 95% {end}", "{:.4g}")
+        for name in INTERVALS
+        for end in ("lo", "hi")
+    ],
+    *[Column(f"{name}_ci", f"{name} 95% CI") for name in INTERVALS],
+    Column("fid_domain_boot", "FID bootstrap ± (95%)", "{:.2f}"),  # bench tables: half-width
     Column("jacobi_rel_err", "Jacobi rel. err", "{:.1e}"),
 ]
 
@@ -138,3 +169,18 @@ def view(name: str, header: str | None = None, format: str | None = None) -> Col
 def pick(*names: str) -> list[Column]:
     """The registered columns ``names``, in that order."""
     return [view(n) for n in names]
+
+
+def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with a text column ``<metric>_ci`` ("[lo, hi]", in the metric's format) for
+    every metric whose bootstrap ends (``_lo``, ``_hi``) it holds."""
+    out = table.copy()
+    for name in INTERVALS:
+        lo, hi = f"{name}_lo", f"{name}_hi"
+        if lo in out.columns and hi in out.columns:
+            c = COLUMNS[name]
+            out[f"{name}_ci"] = [
+                "" if (c.cell(a) == "" or c.cell(b) == "") else f"[{c.cell(a)}, {c.cell(b)}]"
+                for a, b in zip(out[lo], out[hi], strict=True)
+            ]
+    return out

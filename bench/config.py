@@ -126,7 +126,7 @@ class EvalConfig:
             raise FieldError("kid_subset", self.kid_subset, f"<= num_samples ({self.num_samples})")
 
 
-EXTRACTORS = ("domain", "inception_offline", "inception")
+EXTRACTORS = ("domain", "inception_offline", "inception", "dinov2", "clip")
 
 
 @dataclass(frozen=True)
@@ -139,9 +139,16 @@ class MetricsConfig:
     inception_weights: str = ""  # torch-fidelity Inception weights; else the torch hub cache
     allow_download: bool = False  # let torch-fidelity download its Inception weights
     stats_cache: str = ".cache/stats"  # cached reference features; relative to the config
+    dinov2_weights: str = ""  # DINOv2 ViT weights (official .pth or timm file): FD_DINOv2
+    dinov2_model: str = "vit_small_patch14_dinov2"  # its timm architecture
+    clip_weights: str = ""  # CLIP weights (state dict, or OpenAI's file); else the hub cache
+    clip_model: str = "clip-vit-b-32"  # torch-fidelity's name of the CLIP model
+    reference_stats: str = ""  # .npz of mu, sigma (ADM, clean-fid, bench refstats): fid_refstats
+    reference_stats_extractor: str = "inception_offline"  # the features those stats are of
+    bootstrap: int = 200  # resamples of the generated features for 95% intervals (0: none)
 
     def __post_init__(self) -> None:
-        check(self, inception_samples=(2, MAX_IMAGES))
+        check(self, inception_samples=(2, MAX_IMAGES), bootstrap=(0, 100_000))
         bad = [e for e in self.extractors if e not in EXTRACTORS]
         if bad or "domain" not in self.extractors:
             raise FieldError(
@@ -149,6 +156,9 @@ class MetricsConfig:
                 list(self.extractors),
                 f"a list of {', '.join(EXTRACTORS)} that includes domain",
             )
+        if self.reference_stats and self.reference_stats_extractor not in self.extractors:
+            allowed = f"one of metrics.extractors ({', '.join(self.extractors)})"
+            raise FieldError("reference_stats_extractor", self.reference_stats_extractor, allowed)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import json
 import shutil
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +31,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import methods
-from bench import data
+from bench import data, refstats
 from bench.config import BenchConfig, ConfigError, load_config
 from bench.config_file import config_hash, to_dict
 from bench.data import Splits
 from bench.environment import environment, resolve_device
+from bench.inception import UnavailableError
 from bench.models import ModelStore, build_sampler
+from bench.quality import Scorer
 from bench.runfolder import load_run
 from bench.variants import entries
 from methods import atomic, dist, faults
@@ -278,3 +280,49 @@ def sample_command(args) -> Path | None:
         )
     dist.shutdown()
     return path
+
+
+def refstats_command(args) -> Path:
+    """``bench refstats``: a reference batch (images, and mu/sigma of one extractor's features)
+    of the reference set of CONFIG or of the finished run --run RUN_DIR (bench.refstats)."""
+    if (args.config is None) == (args.run is None):
+        raise ConfigError("bench refstats: give CONFIG or --run RUN_DIR, one of them")
+    if args.run is not None and args.overrides:
+        raise ConfigError("--set: a finished run's config is used as it is; drop --set")
+    if args.num is not None and args.num < 2:
+        raise ConfigError(f"--num: got {args.num}; allowed: >= 2 (a covariance needs two)")
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out}: a folder; bench refstats writes an .npz file")
+    if args.run is not None:
+        cfg, _, cache = _from_run(args.run)
+        base = Path.cwd()
+    else:
+        cfg = load_config(args.config, args.overrides)
+        base = args.config.resolve().parent
+        cache = (base / cfg.cache_dir).resolve()
+    name = args.extractor
+    cfg = replace(
+        cfg, metrics=replace(cfg.metrics, extractors=tuple(dict.fromkeys(("domain", name))))
+    )
+    splits = data.load(cfg.data, base)
+    device = torch.device("cpu")
+    store = ModelStore(cfg, splits, cache, device, train_allowed=False)
+    try:
+        domain_path, _ = store.classifier()
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f"{err}; bench refstats never trains: `bench run` the config first"
+        ) from None
+    scorer = Scorer(cfg, splits.reference, splits.name, domain_path, cache / "stats", device)
+    n = args.num or scorer.reference_count(name)
+    if n > len(splits.reference):
+        raise ConfigError(f"--num: got {n}; allowed: <= {len(splits.reference)} reference images")
+    ref = splits.reference[:n]
+    try:
+        feats = scorer.features(name, ref)
+    except UnavailableError as e:
+        raise ConfigError(str(e)) from None
+    arrays = refstats.batch(channels_last(ref, rgb=True), feats, name, args.images_only)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.atomic_write(args.out, lambda tmp: _npz(tmp, arrays))
+    return args.out

@@ -218,15 +218,16 @@ def standard_weights(explicit: str, allow_download: bool) -> str | None:
     )
 
 
-def with_download_timeout(fn, seconds: float = 20.0):
-    """Run fn with a socket timeout, turning a failed download into UnavailableError."""
+def with_download_timeout(fn, what: str = "inception", seconds: float = 20.0):
+    """Run fn with a socket timeout, turning a failed download (of extractor ``what``'s
+    weights) into UnavailableError."""
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:
         return fn()
     except OSError as e:  # URLError, timeouts, DNS failures
         raise UnavailableError(
-            f"inception: weights download failed ({e}); work offline with metrics.inception_weights"
+            f"{what}: weights download failed ({e}); work offline with metrics.{what}_weights"
         ) from None
     finally:
         socket.setdefaulttimeout(old)

@@ -8,9 +8,7 @@ torch-fidelity's own, and it works offline on any labelled dataset.
 
 from __future__ import annotations
 
-import json
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,9 +31,11 @@ from torch_fidelity.utils import (
 )
 from tqdm.auto import tqdm
 
+from bench import refstats
+from bench.bootstrap import intervals
 from bench.config import ClassifierConfig
+from bench.featcache import load_reference_features, save_reference_features
 from methods import checkpoint, dist
-from methods.atomic import atomic_write, sha256_file, write_text
 
 DOMAIN = "flowbench-domain"
 
@@ -181,133 +181,25 @@ def classifier_accuracy(path: Path, images: torch.Tensor, labels: torch.Tensor) 
     return correct / len(images)
 
 
-class CacheIntegrityError(RuntimeError):
-    """A cached reference-features file does not match the digest recorded when it was written,
-    or is not a plain array file."""
-
-
-# Reference features live in ``<name>-features.npz`` (one float array per feature layer, read
-# with ``allow_pickle=False``: the file cannot carry code) beside ``<name>.sha256.json``, which
-# records its digest (catches corruption; the format, not the digest, stops tampering).
-CACHE_FORMAT = "npz-1"
-
-
-def _manifest(folder: Path, name: str) -> Path:
-    return folder / f"{name}.sha256.json"
-
-
-def _features_file(folder: Path, name: str) -> Path:
-    return folder / f"{name}-features.npz"
-
-
-def _drop_old_format(folder: Path, name: str) -> None:
-    """Remove the torch-fidelity pickles (``<name>-*.pt``) and their record that this cache used
-    to hold, with one line saying so: they are never loaded (a pickle can run code when read),
-    only recomputed."""
-    manifest = _manifest(folder, name)
-    pickles = (
-        sorted(p for p in folder.iterdir() if p.name.startswith(f"{name}-") and p.suffix == ".pt")
-        if folder.is_dir()
-        else []
-    )
-    stale = False
-    if manifest.is_file():
-        try:
-            stale = json.loads(manifest.read_text()).get("format") != CACHE_FORMAT
-        except (ValueError, AttributeError):
-            pass  # unreadable: verification names it
-    if not pickles and not stale:
-        return
-    record = " and its digest record" if stale else ""
-    print(
-        f"[bench] {folder}: old-format reference cache of {name} ({len(pickles)} torch pickle "
-        f"file(s){record}) removed unread; recomputing it as .npz",
-        flush=True,
-    )
-    for path in pickles + ([manifest] if stale else []):
-        path.unlink()
-
-
-def _recorded_digest(folder: Path, name: str) -> str | None:
-    """The digest recorded for the features file (None: no record, so nothing to trust)."""
-    manifest, path = _manifest(folder, name), _features_file(folder, name)
-    if not manifest.exists():
-        if path.exists():
-            print(f"[bench] discarding unverified cache file {path} (unfinished write)", flush=True)
-            path.unlink()
-        return None
-    try:
-        record = json.loads(manifest.read_text())
-        if record.get("key") != name:
-            raise ValueError(f"made for {record.get('key')!r}")
-        digest = record["files"][path.name]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CacheIntegrityError(
-            f"{manifest}: unreadable integrity record ({e}); delete it and {path.name} to recompute"
-        ) from None
-    if not path.is_file():
-        raise CacheIntegrityError(
-            f"{path}: listed in {manifest.name} but missing; delete {manifest.name} to recompute"
-        )
-    return digest
-
-
-def load_reference_features(
-    folder: Path, name: str, layers: list[str]
-) -> dict[str, torch.Tensor] | None:
-    """Cached reference features of ``layers`` (None: not cached, or not all of them: the caller
-    extracts them). A file that fails its digest or holds anything but numeric arrays is an
-    error naming it; nothing in it is ever executed."""
-    _drop_old_format(folder, name)
-    digest = _recorded_digest(folder, name)
-    if digest is None:
-        return None
-    path = _features_file(folder, name)
-    if sha256_file(path) != digest:
-        raise CacheIntegrityError(
-            f"{path}: content does not match the digest recorded when it was written "
-            "(corrupted or modified); delete it to recompute"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        bad = [
-            k
-            for k, a in arrays.items()
-            if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu"
-        ]
-        if bad:
-            raise ValueError(f"its array {bad[0]!r} is not numeric")
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        # numpy's own text for an object array suggests loading it with pickle: never say so
-        why = "it holds pickled objects" if "allow_pickle" in str(e) else str(e)[:200]
-        raise CacheIntegrityError(
-            f"{path}: not a plain array file ({why}); it was not loaded; delete it to recompute"
-        ) from None
-    if not set(layers) <= set(arrays):
-        return None
-    return {k: torch.from_numpy(arrays[k]) for k in layers}
-
-
-def save_reference_features(folder: Path, name: str, feats: dict[str, torch.Tensor]) -> None:
-    """Write the features as plain arrays, then record their digest (a kill in between leaves
-    an unrecorded file, discarded on the next read)."""
-    path = _features_file(folder, name)
-    arrays = {k: v.detach().cpu().numpy() for k, v in feats.items()}
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(path, write)
-    record = {"key": name, "format": CACHE_FORMAT, "files": {path.name: sha256_file(path)}}
-    write_text(_manifest(folder, name), json.dumps(record, indent=1))
-
-
 def _extract(images: torch.Tensor, fe, batch_size: int, cuda: bool) -> dict[str, torch.Tensor]:
     """torch-fidelity's feature extraction of uint8 images, in this process (no workers)."""
     ds = ImageTensorDataset(images)
     return get_featuresdict_from_dataset(ds, fe, batch_size, cuda, save_cpu_ram=True, verbose=False)
+
+
+def features(
+    images: torch.Tensor, extractor: str, weights_path: str | None, batch_size: int = 64
+) -> torch.Tensor:
+    """The (N, D) features of uint8 ``images`` that ``extractor``'s FID reads (one process)."""
+    kwargs = {
+        "feature_extractor": extractor,
+        "feature_extractor_weights_path": weights_path,
+        "cuda": False,
+        "verbose": False,
+    }
+    layer = resolve_feature_layer_for_metric("fid", **kwargs)
+    fe = create_feature_extractor(extractor, [layer], **kwargs)
+    return _extract(images, fe, batch_size, cuda=False)[layer]
 
 
 def fidelity_metrics(
@@ -320,6 +212,8 @@ def fidelity_metrics(
     cuda: bool = False,
     isc: bool = True,
     reference_cache: tuple[Path, str] | None = None,
+    reference_stats: dict[str, np.ndarray] | None = None,
+    bootstrap: int = 0,
 ) -> dict[str, float]:
     """FID, IS, KID and precision/recall (k = 3 nearest neighbours, Kynkaanniemi et al. 2019) of
     ``generated`` against ``reference`` (uint8 images), all arithmetic torch-fidelity's own.
@@ -332,6 +226,11 @@ def fidelity_metrics(
     dataset, split, image count and extractor weights). torch-fidelity itself never caches: its
     cache files are pickles it loads with ``weights_only=False``. Statistics are computed on
     rank 0 and broadcast.
+
+    ``reference_stats`` (mu, sigma from a file, :mod:`bench.refstats`): also ``fid_refstats``,
+    the FID of the generated features against them. ``bootstrap`` > 0: also ``<metric>_lo`` and
+    ``<metric>_hi``, the 95% interval over that many resamples of the generated features
+    (:mod:`bench.bootstrap`; FID, KID, precision, recall).
     """
     kwargs = {
         "feature_extractor": extractor,
@@ -380,4 +279,20 @@ def fidelity_metrics(
             "precision": prc["precision"],
             "recall": prc["recall"],
         }
+        out |= _extras(feats[layers["fid"]], ref[layers["fid"]], reference_stats, bootstrap)
     return dist.broadcast(out)
+
+
+def _extras(
+    gen: torch.Tensor, ref: torch.Tensor, stats: dict[str, np.ndarray] | None, bootstrap: int
+) -> dict[str, float]:
+    """FID against outside statistics and the bootstrap intervals, where asked for."""
+    out = {}
+    if stats is not None:
+        out["fid_refstats"] = refstats.fid_against(gen, stats)
+    if bootstrap:
+        ci = intervals(gen, ref, bootstrap, seed=0)
+        del ci["recall"]  # fixed k-NN radii: its interval would understate the noise 2-3x
+        for k, (lo, hi) in ci.items():
+            out[f"{k}_lo"], out[f"{k}_hi"] = lo, hi
+    return out

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from bench.columns import Column, pick, view
+from bench.columns import EXTRACTORS, Column, pick, view, with_intervals
 from bench.plots import FIGURES
-from bench.report_notes import marked, method_notes, timing_warnings
+from bench.report_notes import decode_vs_forward, marked, method_notes, timing_warnings
 from bench.runfolder import IncompleteRunError, Run, entry_names, load_run
 from methods import label
 from methods.atomic import write_text
@@ -20,6 +20,7 @@ MAIN = pick(  # the papers' comparison table
     "method",
     "nfe",
     "fid_domain",
+    "fid_domain_ci",
     "is_domain",
     "kid_domain",
     "latency_ms_b1",
@@ -32,11 +33,13 @@ MAIN = pick(  # the papers' comparison table
 QUALITY = [  # every quality number, headed by the extractor that produced it
     view("method"),
     view("fid_domain", "FID domain"),
+    view("fid_domain_ci"),
     view("kid_domain", "KID domain", "{:.4f}"),
     view("is_domain", "IS domain"),
     *pick("precision_domain", "recall_domain", "n_samples"),
     view("fid_inception_offline", "FID inception_offline"),
     *pick(
+        "fid_inception_offline_ci",
         "kid_inception_offline",
         "precision_inception_offline",
         "recall_inception_offline",
@@ -46,7 +49,9 @@ QUALITY = [  # every quality number, headed by the extractor that produced it
         "is_inception",
         "precision_inception",
         "recall_inception",
+        *(f"{m}_{ex}" for ex in ("dinov2", "clip") for m in ("fd", "kid", "precision", "recall")),
         "n_samples_inception",
+        *(f"fid_refstats_{ex}" for ex in EXTRACTORS),
     ),
 ]
 COST = pick(  # where the time and memory go
@@ -75,28 +80,6 @@ def md_table(table: pd.DataFrame, columns: list[Column] = MAIN, lead: list[Colum
     cols = [*lead, *[c for c in columns if c.name in table.columns]]
     rows = [[_cell(c, r.get(c.name)) for c in cols] for r in table.to_dict("records")]
     return tabulate(rows, [c.header for c in cols], tablefmt="github", disable_numparse=True)
-
-
-def _breakdown(profiled: dict | None) -> list[str]:
-    """The decode/forward time by operator group (one profiled run each), as report lines."""
-    if not profiled:
-        return []
-    dec, fwd = profiled["decode"], profiled["forward"]
-    rows = [[group, f"{dec[group]:.0f}", f"{fwd[group]:.0f}"] for group in dec]
-    lin, att, rest, out = "linear layers", "attention", "other operators", "outside operators"
-    return [
-        f"Where the time goes, from one run of each under torch.profiler (operators' own CPU "
-        f"time; outside operators: the Python and dispatch between them, plus the profiler's "
-        f"own cost, which grows with the number of operators). The linear layers, most of the "
-        f"arithmetic, take {dec[lin]:.0f} ms in the decode and {fwd[lin]:.0f} ms in the "
-        f"forward pass ({dec[lin] / fwd[lin]:.2f}x); attention {dec[att]:.0f} against "
-        f"{fwd[att]:.0f} ms (one query a step, re-reading every cached key and value); other "
-        f"operators {dec[rest]:.0f} against {fwd[rest]:.0f} ms; outside operators "
-        f"{dec[out]:.0f} against {fwd[out]:.0f} ms (many small steps against one pass).",
-        "",
-        tabulate(rows, ["ms (profiled)", "decode", "forward"], tablefmt="github"),
-        "",
-    ]
 
 
 def _memory_note(samplers: pd.DataFrame) -> str:
@@ -157,41 +140,17 @@ def _quality(run: Run, table: pd.DataFrame) -> list[str]:
         "`metrics.clean_fid` is on. `inception`: torch-fidelity's standard Inception. Inception "
         "numbers use the first n images of each set (n in the table), so their FID carries the "
         "small-sample bias of n images: compare them across rows, not with papers' 50k-image FID.",
+        "`dinov2` (FD_DINOv2, as dgm-eval recommends) and `clip`: Frechet distance, KID and "
+        "precision/recall in those networks' feature spaces, on the same n images, when their "
+        "weights are given. `[lo, hi]`: the 95% bootstrap interval over the generated images "
+        f"({run.config['metrics'].get('bootstrap', 0)} resamples, the reference fixed): the sample "
+        "noise of that number, not the seed noise that replicates measure. `fid_refstats_*`: "
+        "FID against the statistics file `metrics.reference_stats`.",
         "",
         md_table(table, QUALITY),
         "",
         *[f"- **unavailable**: {msg}" for msg in unavailable],
         "",
-    ]
-
-
-def _batch_one(b1: dict | None) -> str:
-    if not b1:
-        return ""
-    return (
-        f" At batch 1 the decode takes {b1['decode_s'] * 1e3:.1f} ms and the forward pass "
-        f"{b1['forward_s'] * 1e3:.2f} ms, **{b1['ratio']:.0f}x**: there the decode's time is "
-        "the overhead of its sequential steps, not arithmetic."
-    )
-
-
-def _decode_vs_forward(dvf: dict | None) -> list[str]:
-    if not dvf:
-        return []
-    return [
-        "## Is causal decoding a fair baseline?",
-        "",
-        f"At batch {dvf['batch']}, one full causal decode takes {dvf['decode_s'] * 1e3:.0f} ms"
-        f" and one parallel forward pass of the same flow {dvf['forward_s'] * 1e3:.0f} ms: "
-        f"a ratio of **{dvf['ratio']:.2f}x** (the median of the paired repeats' ratios; "
-        f"spreads {dvf['decode_spread']:.0%} and {dvf['forward_spread']:.0%}). With the "
-        f"key/value cache both do the same arithmetic; the ratio is the price of doing it one "
-        f"token at a time: every step multiplies {dvf['batch']}-row matrices and re-reads "
-        f"the cached keys and values."
-        + (f" The decode attended with {dvf['attention']}." if "attention" in dvf else "")
-        + _batch_one(dvf.get("batch1")),
-        "",
-        *_breakdown(dvf.get("profile_ms")),
     ]
 
 
@@ -335,13 +294,13 @@ def render(run: Run, links: str = "") -> str:
     """report.md of a finished run; ``links`` prefixes the figure and grid paths (for a report
     written elsewhere than the run folder). Figures are linked where they exist; drawing them
     is bench.plots.write_figures' job."""
-    table = run.results.assign(method=entry_names(run.results))  # samplers by their entry
+    table = with_intervals(run.results.assign(method=entry_names(run.results)))  # by entry
     samplers = table[~table.method.str.startswith("anchor")]
     return "\n".join(
         [
             *_intro(run, table, samplers),
             *_quality(run, table),
-            *_decode_vs_forward(run.info.get("decode_vs_forward")),
+            *decode_vs_forward(run.info.get("decode_vs_forward")),
             *_cost(run, table, samplers),
             *_sweep(run, links),
             *_likelihood(run),

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import methods
-from bench import data, plots, report
+from bench import data, plots, refstats, report
 from bench.config import BenchConfig, ConfigError
 from bench.config_file import to_dict
 from bench.cost import sampler_flops, sampler_memory
@@ -106,7 +106,16 @@ def _classifier(r: Run) -> dict:
         )
     stats = (r.base / r.cfg.metrics.stats_cache).resolve()
     splits = r.splits
-    r.scorer = Scorer(r.cfg, splits.reference, splits.name, domain_path, stats, r.device)
+    outside = r.cfg.metrics.reference_stats
+    r.scorer = Scorer(
+        r.cfg,
+        splits.reference,
+        splits.name,
+        domain_path,
+        stats,
+        r.device,
+        (r.base / outside).resolve() if outside else None,
+    )
     r.info["sampling_effective"] = to_dict(r.cfg.sampling.for_device(r.device))
     return {}
 
@@ -263,6 +272,8 @@ def run(
     for e in todo:
         methods.get(e.method)  # unknown names fail before any work
     check_choices(todo)
+    if cfg.metrics.reference_stats:  # a bad statistics file fails before any work
+        refstats.read(base / cfg.metrics.reference_stats, cfg.metrics.reference_stats_extractor)
     with terminate_as_interrupt():
         run_dir = _run(cfg, base, out, retrain, resume, todo)
     # The other ranks left after the last collective stage (anchors); rank 0 ran the rest alone.

@@ -72,6 +72,10 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
         rec |= {f: _factor(first.get(f), f) for f in FACTORS}
         for c in QUALITY:
             rec[f"{c}_mean"], rec[f"{c}_std"] = _num(g, c).mean(), _num(g, c).std(ddof=1)
+        # the sample noise beside the seed noise: the bootstrap interval's mean half-width
+        rec["fid_domain_boot_mean"] = (
+            (_num(g, "fid_domain_hi") - _num(g, "fid_domain_lo")) / 2
+        ).mean()
         rec |= {f"{c}_median": _num(g, c).median() for c in TIMING}
         rec |= {c: _num(g, c).mean() for c in COST}
         out.append(rec)
@@ -134,6 +138,7 @@ FID = [
     _cell("replicates", "text"),
     _cell("nfe", "count"),
     _cell("fid_domain", "spread"),
+    _cell("fid_domain_boot", "mean"),
     _cell("is_domain", "spread"),
 ]
 JACOBI = _cell("jacobi_rel_err", "mean")

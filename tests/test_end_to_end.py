@@ -73,10 +73,24 @@ def smoke_command(
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     first = run_smoke(tmp / "first", tmp / "cache")
+    # The first run's reference statistics in the ADM layout, which the second run scores against
+    stats = tmp / "cache" / "reference-domain.npz"
+    made = main(
+        ["refstats", "--run", str(tmp / "first"), "--extractor", "domain", "--out", str(stats)]
+    )
+    assert made == 0 and stats.is_file()
     # Warm cache: loads every model. Without the offline Inception, which the first run covers.
     # Launched by torchrun as 2 processes (gloo): sampling and feature extraction are sharded.
     second = run_smoke(
-        tmp / "second", tmp / "cache", "--set", "metrics.extractors=[domain,inception]", nproc=2
+        tmp / "second",
+        tmp / "cache",
+        "--set",
+        "metrics.extractors=[domain,inception]",
+        "--set",
+        f"metrics.reference_stats={stats}",
+        "--set",
+        "metrics.reference_stats_extractor=domain",
+        nproc=2,
     )
     return tmp / "first", tmp / "second", first, second
 
@@ -133,6 +147,11 @@ def test_run_folder_holds_every_output(runs):
     b1 = info["decode_vs_forward"]["batch1"]
     assert b1["ratio"] > 1 and b1["decode_s"] > b1["forward_s"] > 0
     assert "At batch 1 the decode takes" in (first / "report.md").read_text()
+    # No DINOv2 or CLIP weights offline: one line each in the report, and everything else ran
+    said = [ln for ln in (first / "report.md").read_text().splitlines() if "unavailable" in ln]
+    assert any("FD_DINOv2 unavailable" in ln for ln in said), said
+    assert any("FD_CLIP unavailable" in ln for ln in said), said
+    assert "fd_dinov2" not in table.columns and table["fid_inception_offline"].notna().any()
 
 
 def test_counts_and_anchors(runs):
@@ -169,6 +188,18 @@ def test_warm_cache_loads_models_and_reproduces_the_metrics(runs):
     assert (first / "samples_biflow.png").read_bytes() == (
         second / "samples_biflow.png"
     ).read_bytes()
+
+
+def test_fid_against_the_first_runs_exported_statistics_is_the_fid_of_its_reference_set(runs):
+    """The second run scores against reference statistics that `bench refstats` wrote from the
+    first run in the ADM layout: the same FID as against the reference images themselves."""
+    _, second, *_ = runs
+    t = pd.read_csv(second / "results.csv")
+    assert t["fid_refstats_domain"].notna().all()
+    pd.testing.assert_series_equal(
+        t["fid_refstats_domain"], t["fid_domain"], check_names=False, rtol=1e-5
+    )
+    assert "FID vs ref. stats (domain)" in (second / "report.md").read_text()
 
 
 def test_report_regenerates_from_the_run_folder(runs, tmp_path):

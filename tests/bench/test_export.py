@@ -248,19 +248,22 @@ def test_fid_recomputed_from_a_runs_exported_npz_equals_its_fid_domain(tmp_path)
     cfg = load_config(out / "config.yaml")
     ref = data.load(cfg.data, ROOT / "configs").reference
     models = json.loads((out / "run.json").read_text())["models"]
-    got = torch_fidelity.calculate_metrics(
-        input1=ImageTensorDataset(generated),
-        input2=ImageTensorDataset(ref),
-        feature_extractor=DOMAIN,
-        feature_extractor_weights_path=models["domain_classifier"]["checkpoint"],
-        fid=True,
-        cuda=False,
-        batch_size=64,
-        save_cpu_ram=True,
-        cache=False,
-        verbose=False,
-    )["frechet_inception_distance"]
-    assert got == pytest.approx(fid, rel=1e-3), (got, fid)
+
+    def fid_of(images: torch.Tensor) -> float:  # torch-fidelity itself, no flowbench code
+        return torch_fidelity.calculate_metrics(
+            input1=ImageTensorDataset(images),
+            input2=ImageTensorDataset(ref),
+            feature_extractor=DOMAIN,
+            feature_extractor_weights_path=models["domain_classifier"]["checkpoint"],
+            fid=True,
+            cuda=False,
+            batch_size=64,
+            save_cpu_ram=True,
+            cache=False,
+            verbose=False,
+        )["frechet_inception_distance"]
+
+    assert fid_of(generated) == pytest.approx(fid, rel=1e-3)
     # bench sample --run draws the same images again, from the run folder and the cache alone
     again = tmp_path / "again.npz"
     assert main(["sample", "--run", str(out), "--method", key, "--out", str(again)]) == 0
@@ -270,6 +273,18 @@ def test_fid_recomputed_from_a_runs_exported_npz_equals_its_fid_domain(tmp_path)
     drawn = json.loads(again.with_suffix(".seeds.json").read_text())
     assert ran["seeds"] == drawn["seeds"] == scored_seeds(cfg)
     assert ran["config_digest"] == drawn["config_digest"]
+    # ... and as a PNG folder, whose files read back by PIL give the same FID
+    folder = tmp_path / "pngs"
+    assert (
+        main(
+            ["sample", "--run", str(out), "--method", key, "--format", "png", "--out", str(folder)]
+        )
+        == 0
+    )
+    files = sorted(folder.glob("*.png"))
+    pngs = torch.stack([torch.from_numpy(np.array(Image.open(f)))[None] for f in files])
+    assert len(files) == len(generated) and torch.equal(pngs, generated)
+    assert fid_of(pngs) == pytest.approx(fid, rel=1e-3)
 
 
 def test_eval_export_takes_only_the_formats():

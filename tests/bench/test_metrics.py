@@ -55,7 +55,7 @@ def test_metrics_do_not_depend_on_the_feature_batch_size(domain, digits):
 
 
 def test_a_corrupted_cached_reference_file_is_refused_by_name(domain, digits, tmp_path):
-    from bench.metrics import CacheIntegrityError
+    from bench.featcache import CacheIntegrityError
 
     cache = (tmp_path / "stats", "digits-ref")
     first = fidelity_metrics(digits[:64], digits[64:192], DOMAIN, domain, 32, reference_cache=cache)

@@ -19,6 +19,7 @@ import torch_fidelity.feature_extractor_inceptionv3 as tfi
 from torch import nn
 
 from bench.config import BenchConfig, ClassifierConfig, MetricsConfig
+from bench.featcache import CacheIntegrityError
 from bench.inception import (
     HUB_FILE,
     OFFLINE,
@@ -29,7 +30,6 @@ from bench.inception import (
 )
 from bench.metrics import (
     DOMAIN,
-    CacheIntegrityError,
     classifier_accuracy,
     fidelity_metrics,
     train_domain_classifier,

@@ -17,6 +17,8 @@ KID = 32
 DOMAIN_COLS = [
     f"{m}_domain" for m in ("fid", "is", "is_std", "kid", "kid_std", "precision", "recall")
 ]
+# the 95% bootstrap interval of each (metrics.bootstrap; recall has none: bench.bootstrap)
+BOOT_COLS = [f"{m}_domain_{end}" for m in ("fid", "kid", "precision") for end in ("lo", "hi")]
 
 
 TINY_CNN = ClassifierConfig(steps=3, width=8, batch_size=32)  # any classifier: only equalities
@@ -49,13 +51,18 @@ def test_the_domain_columns_are_torch_fidelitys_numbers_and_a_missing_extractor_
     want = fidelity_metrics(gen, ref, DOMAIN, domain, KID)
     for _ in range(2):  # the second time from the cached reference features
         cols = scorer.score(gen)
-        assert sorted(cols) == sorted([*DOMAIN_COLS, "n_samples"]) and cols["n_samples"] == 64
+        assert sorted(cols) == sorted([*DOMAIN_COLS, *BOOT_COLS, "n_samples"])
+        assert cols["n_samples"] == 64
         for c in DOMAIN_COLS:
             assert cols[c] == pytest.approx(want[c.removesuffix("_domain")], rel=1e-6, abs=1e-9)
+        for m in ("fid", "kid", "precision"):  # centred on the reported value
+            assert cols[f"{m}_domain_lo"] <= cols[f"{m}_domain"] <= cols[f"{m}_domain_hi"]
     assert list(scorer.unavailable) == ["inception"]
     assert "weights-inception-2015-12-05" in scorer.unavailable["inception"]
     assert any(stats.iterdir())
-    assert sorted(scorer.score(gen, inception=False)) == sorted([*DOMAIN_COLS, "n_samples"])
+    assert sorted(scorer.score(gen, inception=False)) == sorted(
+        [*DOMAIN_COLS, *BOOT_COLS, "n_samples"]
+    )
 
 
 def test_another_classifier_in_the_same_file_never_reads_the_old_ones_cached_features(
