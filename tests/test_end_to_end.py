@@ -152,6 +152,11 @@ def test_run_folder_holds_every_output(runs):
     assert any("FD_DINOv2 unavailable" in ln for ln in said), said
     assert any("FD_CLIP unavailable" in ln for ln in said), said
     assert "fd_dinov2" not in table.columns and table["fid_inception_offline"].notna().any()
+    # the 95% bootstrap interval of every sampler's FID, beside it in the report
+    assert (table.fid_domain_lo <= table.fid_domain).all()
+    assert (table.fid_domain <= table.fid_domain_hi).all()
+    report_text = (first / "report.md").read_text().replace(" ", "")
+    assert "|FID(domain)|fid_domain95%CI|" in report_text
 
 
 def test_counts_and_anchors(runs):

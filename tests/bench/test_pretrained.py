@@ -4,6 +4,7 @@ torch-fidelity, "unavailable" in one line without weights, and no weights file r
 import os
 import pickle
 
+import pandas as pd
 import pytest
 import timm
 import torch
@@ -15,6 +16,7 @@ from bench.config import BenchConfig, ClassifierConfig, EvalConfig, MetricsConfi
 from bench.inception import UnavailableError
 from bench.metrics import fidelity_metrics, train_domain_classifier
 from bench.quality import Scorer
+from bench.report import QUALITY, md_table
 
 DINO = "vit_small_patch14_dinov2"
 CLIP = "clip-vit-b-32"
@@ -85,6 +87,8 @@ def test_clip_metrics_appear_in_a_scorer_with_its_weights(clip_file, dino_file, 
         for m in ("fd", "kid", "precision", "recall"):
             assert torch.isfinite(torch.tensor(cols[f"{m}_{space}"])), (m, space)
     assert cols["n_samples_inception"] == 16
+    shown = md_table(pd.DataFrame([{"method": "tarflow", **cols}]), QUALITY)  # report.md's table
+    assert "| FD dinov2 " in shown and "| FD clip " in shown
 
 
 def test_without_weights_each_is_unavailable_in_one_line(digits, tmp_path, monkeypatch):
