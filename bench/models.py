@@ -18,7 +18,7 @@ from methods import checkpoint, dist
 from methods.base import Sampler
 from methods.kinds import ModelKind, kind
 from methods.perceptual import feature_classifier_config
-from methods.training import train
+from methods.training import snapshot_steps, train
 
 # Bump when a change to the code makes old checkpoints of the same config mean something else.
 CODE_VERSION = 1
@@ -57,6 +57,7 @@ class ModelStore:
         self.made_by_this_run = made_by_this_run
         self.records: dict[str, dict] = {}
         self._models: dict[str, nn.Module] = {}
+        self._meta: dict[str, dict] = {}  # what training did, by cache key
 
     def get(self, name: str, cfg: BenchConfig | None = None) -> nn.Module:
         """The trained model of kind ``name`` ("flow", "reverse", ...) of ``cfg`` (default: the
@@ -100,15 +101,26 @@ class ModelStore:
         model = build(k, cfg, shape, deps)
         spec = k.spec(cfg, shape, deps, {n: self.key(n, cfg) for n in k.needs})
         path = self.cache_dir / f"{key}.pt"
+        tc = k.train_of(cfg)
+        missing = [s for s in snapshot_steps(tc) if not self.snapshot_path(key, s).exists()]
+        cached = path.exists() and self._may_load(path)
         # Under torchrun rank 0 decides; every rank then trains (DDP) or loads alike.
-        if dist.broadcast(path.exists() and self._may_load(path)):
+        if dist.broadcast(cached and not missing):
             meta = checkpoint.load(path, k.checkpoint, spec, model, key=key)
             source = "cache"
         elif not self.train_allowed:
             raise FileNotFoundError(
-                f"{path}: no cached {k.checkpoint} checkpoint, and training is off"
+                f"{path}: no cached {k.checkpoint} checkpoint"
+                + (f" with snapshots at steps {missing}" if cached else "")
+                + ", and training is off"
             )
         else:
+            if cached and dist.is_main():  # deterministic: the same weights, and the snapshots
+                print(
+                    f"[bench] {k.title}: training again to save the weights at steps {missing} "
+                    f"({k.train_section}.snapshots); {path.name} holds only the last",
+                    flush=True,
+                )
             state = self.cache_dir / f"{key}.train-state.pt"  # resumable until the checkpoint
             model.to(self.device)
             meta = train(
@@ -120,12 +132,14 @@ class ModelStore:
                 self.device,
                 state,
                 cfg.save_every,
-                self._labels(k, cfg),
+                self.labels(k, cfg),
+                self._snapshot_writer(k, spec, key),
             )
             if dist.is_main():
                 checkpoint.save(path, k.checkpoint, spec, model, meta, key=key)
                 state.unlink(missing_ok=True)
             source = "trained"
+        self._meta[key] = meta
         self.records[key] = {
             "kind": k.checkpoint,
             "source": source,
@@ -136,7 +150,44 @@ class ModelStore:
         }
         return model.to(self.device).eval().requires_grad_(False)
 
-    def _labels(self, k: ModelKind, cfg: BenchConfig) -> torch.Tensor | None:
+    def meta(self, name: str, cfg: BenchConfig | None = None) -> dict:
+        """What the training of model ``name`` of ``cfg`` did (seconds, loss history, ...), as
+        its checkpoint records it; trains or loads the model first if need be."""
+        cfg = cfg or self.cfg
+        self.get(name, cfg)
+        return self._meta[self.key(name, cfg)]
+
+    def snapshot_path(self, key: str, step: int) -> Path:
+        """Where the weights of model ``key`` after ``step`` training steps are kept."""
+        return self.cache_dir / f"{key}.step{step}.pt"
+
+    def _snapshot_writer(self, k: ModelKind, spec: dict, key: str):
+        def write(step: int, weights: dict, raw: dict | None, meta: dict) -> None:
+            extra = {"raw_state_dict": raw} if raw is not None else {}
+            path = self.snapshot_path(key, step)
+            checkpoint.save(path, k.checkpoint, spec, weights, meta, key=key, **extra)
+
+        return write
+
+    def snapshot(
+        self, name: str, cfg: BenchConfig, step: int, raw: bool = False
+    ) -> tuple[nn.Module, dict]:
+        """The model ``name`` of ``cfg`` as it was after ``step`` training steps (one of
+        ``snapshot_steps`` of its training), its moving average or (``raw``) its raw weights,
+        and what its training had done by then; the models it needs are the final ones."""
+        k = kind(name)
+        self.get(name, cfg)  # trains it (saving the snapshots) if need be
+        deps = {n: self.get(n, cfg) for n in k.needs}
+        shape = (self.splits.channels, self.splits.image_size)
+        model = build(k, cfg, shape, deps)
+        key = self.key(name, cfg)
+        spec = k.spec(cfg, shape, deps, {n: self.key(n, cfg) for n in k.needs})
+        state = "raw_state_dict" if raw else "state_dict"
+        path = self.snapshot_path(key, step)
+        meta = checkpoint.load(path, k.checkpoint, spec, model, key=key, state=state)
+        return model.to(self.device).eval().requires_grad_(False), meta
+
+    def labels(self, k: ModelKind, cfg: BenchConfig) -> torch.Tensor | None:
         """Training labels of a class-conditional model (checked against the data's classes)."""
         n = k.classes(cfg)
         if not n:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from bench import trust
+from bench import curves, trust
 from bench.flops import peak_of
 from bench.rundir import write_json
 from methods import atomic, faults
@@ -29,6 +29,7 @@ def write_results(r: Run) -> None:
     repeats = pd.DataFrame(r.out["timing"].get("repeats", []))
     atomic.atomic_write(r.dir / "timing_repeats.csv", lambda p: repeats.to_csv(p, index=False))
     atomic.atomic_write(r.dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    curves.write(r)
     r.info.update(
         status="complete",
         finished=datetime.now(UTC).isoformat(),

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import methods
-from bench import data, plots, refstats, report
+from bench import curves, data, plots, refstats, report
 from bench.config import BenchConfig, ConfigError
 from bench.config_file import to_dict
 from bench.cost import sampler_flops, sampler_memory
@@ -225,6 +225,14 @@ STAGES = [
     Stage("flops", "flops", "flops", _flops),
     Stage("memory", "peak memory", "memory", _memory, when=lambda cfg: cfg.eval.memory),
     Stage("likelihood", "likelihood and baseline fairness", "likelihood", _likelihood),
+    Stage(
+        "curves",
+        "quality along training of {key}",
+        "curve-{key}",
+        curves.curve,
+        over="entries",
+        when=curves.wanted,
+    ),
 ]
 
 

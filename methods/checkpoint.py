@@ -91,24 +91,41 @@ def load_payload(path: Path, kind: str | None = None, key: str = "") -> dict[str
 
 
 def save(
-    path: Path, kind: str, spec: dict[str, Any], model: nn.Module, meta: dict, key: str = ""
+    path: Path,
+    kind: str,
+    spec: dict[str, Any],
+    model: nn.Module | dict,
+    meta: dict,
+    key: str = "",
+    **states: dict,
 ) -> None:
-    """Write atomically (temporary file, then rename): a kill leaves the old file or the new."""
+    """Write atomically (temporary file, then rename): a kill leaves the old file or the new.
+    ``model``: the module or its state dict; ``states``: further named state dicts (e.g. the
+    raw weights beside a moving average), which ``load(..., state=NAME)`` reads."""
     payload = {
         "kind": kind,
         "key": key,
         "spec": spec,
-        "state_dict": model.state_dict(),
+        "state_dict": model if isinstance(model, dict) else model.state_dict(),
         "meta": meta,
+        **states,
     }
     save_payload(path, payload)
 
 
-def load(path: Path, kind: str, spec: dict[str, Any], model: nn.Module, key: str = "") -> dict:
+def load(
+    path: Path,
+    kind: str,
+    spec: dict[str, Any],
+    model: nn.Module,
+    key: str = "",
+    state: str = "state_dict",
+) -> dict:
     """Load weights into ``model`` if the file was made for the same kind, key and spec.
 
     ``spec`` is everything that decides the architecture (config plus data shape); ``key`` is the
-    cache key of the config that trained it (empty: not checked). Returns the metadata.
+    cache key of the config that trained it (empty: not checked); ``state``: which of its state
+    dicts. Returns the metadata.
     """
     payload = load_payload(path, kind, key)
     saved = payload.get("spec", {})
@@ -120,7 +137,9 @@ def load(path: Path, kind: str, spec: dict[str, Any], model: nn.Module, key: str
     if diff:
         raise CheckpointError(f"{path}: made for a different {kind} config: " + "; ".join(diff))
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        if state not in payload:
+            raise KeyError(f"no {state!r} weights in the file")
+        model.load_state_dict(payload[state], strict=True)
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path}: weights do not fit the model: {e}") from None
     return payload.get("meta", {})
@@ -129,10 +148,13 @@ def load(path: Path, kind: str, spec: dict[str, Any], model: nn.Module, key: str
 def described(config: Any) -> dict[str, Any]:
     """A config dataclass's fields as they identify a model: fields named in the class's
     ``LATER_FIELDS`` (added after checkpoints were shipped) are left out while at their
-    defaults, so checkpoints made before those fields existed keep their specs and cache keys."""
+    defaults, so checkpoints made before those fields existed keep their specs and cache keys;
+    fields named in ``UNKEYED`` (what is saved along the way, not what is learnt) always are."""
     out = asdict(config)
     for f in fields(config):
         if f.name in getattr(config, "LATER_FIELDS", ()) and out[f.name] == f.default:
+            del out[f.name]
+        elif f.name in getattr(config, "UNKEYED", ()):
             del out[f.name]
     return out
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from methods import checkpoint, dist, faults
-from methods.validate import check
+from methods.validate import FieldError, check
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,15 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     seed: int = 0  # batch order and training noise
+    # The weights sampled: an exponential moving average of the trained ones with this decay
+    # (warmed up as min(decay, (1 + n) / (10 + n)) after n updates), or the last ones (0).
+    ema_decay: float = 0.0
+    # Steps at which the weights are also saved (as they would be sampled, and raw), so a run
+    # can score every sampler along training (bench.curves); with any, the last step's too.
+    snapshots: tuple[int, ...] = ()
+
+    LATER_FIELDS = ("ema_decay",)  # added after checkpoints were shipped: keyed when set
+    UNKEYED = ("snapshots",)  # which steps are saved does not change the weights: never keyed
 
     def __post_init__(self) -> None:
         check(
@@ -36,7 +46,13 @@ class TrainConfig:
             weight_decay=(0, None),
             grad_clip=(0, None),
             seed=(0, None),
+            ema_decay=(0, 0.99999),
         )
+        snaps = list(self.snapshots)
+        if snaps != sorted(set(snaps)) or (snaps and not 1 <= snaps[0] <= snaps[-1] < self.steps):
+            raise FieldError(
+                "snapshots", snaps, f"increasing steps from 1 to {self.steps - 1} (steps - 1)"
+            )
 
 
 class NonFiniteLossError(RuntimeError):
@@ -76,6 +92,7 @@ def train(
     state_path: Path | None = None,
     save_every: int = 0,
     labels: torch.Tensor | None = None,
+    snapshot: Snapshot | None = None,
 ) -> dict:
     """Minimise ``loss_fn(net, batch, eps)`` over batches of ``data`` (uint8 images, on CPU).
 
@@ -92,8 +109,13 @@ def train(
     With ``state_path`` and ``save_every`` > 0, the whole training state (model, optimiser,
     scheduler, step, batch order, generator) is saved there atomically every ``save_every``
     steps, and a state found there is resumed: the result is the same as an uninterrupted run.
-    The caller deletes the file once the final checkpoint is written. Returns what the run did:
-    steps, seconds, final loss, a coarse loss history.
+    The caller deletes the file once the final checkpoint is written.
+
+    With ``cfg.ema_decay`` > 0 the model ends holding the moving average of its weights (what
+    is sampled). At each step of ``snapshot_steps(cfg)``, ``snapshot(step, weights, raw,
+    meta)`` gets the weights as they would be sampled, the raw ones (None without an average)
+    and what training did so far (rank 0 only; before the training state of that step is saved).
+    Returns what the run did: steps, seconds, final loss, a coarse loss history.
     """
     loop = _Loop(model, cfg, len(data), desc)
     if state_path is not None and state_path.exists():
@@ -134,18 +156,39 @@ def train(
             bar.set_postfix(loss=f"{loop.ema:.4f}")
             loop.history.append((step, value))
         done = step + 1
+        if snapshot is not None and done in snapshot_steps(cfg) and dist.is_main():
+            snapshot(done, *loop.weights(), loop.meta(done))
         if state_path is not None and save_every and done % save_every == 0 and done < cfg.steps:
             loop.save(state_path, done)
             last_saved = done
         faults.point(f"train:{desc}:{done}")
+    loop.finish()
     model.eval()
     return {
-        "steps": cfg.steps,
-        "seconds": loop.seconds(),
-        "final_loss_ema": loop.ema,
-        "loss_history": loop.history,
+        **loop.meta(cfg.steps),
         **({"resumed_from_step": loop.resumed_from} if loop.resumed_from is not None else {}),
     }
+
+
+def snapshot_steps(cfg: TrainConfig) -> tuple[int, ...]:
+    """The steps whose weights a training run saves: its snapshots and then its last step."""
+    return (*cfg.snapshots, cfg.steps) if cfg.snapshots else ()
+
+
+# snapshot(step, weights as sampled, raw weights or None, what training did so far)
+Snapshot = Callable[[int, dict, dict | None, dict], None]
+
+
+def _ema_update(decay: float):
+    """AveragedModel's update: an exponential moving average whose decay is warmed up as
+    min(decay, (1 + n) / (10 + n)) after n updates, so early weights fade fast in short runs."""
+
+    def update(averaged: list, current: list, n: torch.Tensor) -> None:
+        d = min(decay, (1 + int(n)) / (10 + int(n)))
+        for a, c in zip(averaged, current, strict=True):
+            a.lerp_(c, 1 - d)
+
+    return update
 
 
 class _Loop:
@@ -165,7 +208,36 @@ class _Loop:
         self.ema: float | None = None
         self.first, self.seconds_before = 0, 0.0
         self.resumed_from: int | None = None
+        self.average = (
+            AveragedModel(model, multi_avg_fn=_ema_update(cfg.ema_decay)) if cfg.ema_decay else None
+        )
         self.t0 = time.perf_counter()
+
+    def meta(self, step: int) -> dict:
+        """What training did up to ``step``."""
+        return {
+            "steps": step,
+            "seconds": self.seconds(),
+            "final_loss_ema": self.ema,
+            "loss_history": list(self.history),
+            "ema_decay": self.cfg.ema_decay,
+        }
+
+    def weights(self) -> tuple[dict, dict | None]:
+        """The weights as sampled (the average, if any) and the raw ones (None without one)."""
+        raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.average is None:
+            return raw, None
+        return {**raw, **self._averaged()}, raw
+
+    def _averaged(self) -> dict[str, torch.Tensor]:
+        """The averaged parameters by the model's names (its buffers are the model's own)."""
+        return {n: p.detach().clone() for n, p in self.average.module.named_parameters()}
+
+    def finish(self) -> None:
+        """Leave the model holding the weights it is sampled with."""
+        if self.average is not None:
+            self.model.load_state_dict({**self.model.state_dict(), **self._averaged()})
 
     def seconds(self) -> float:
         """Training seconds so far, earlier attempts included."""
@@ -195,6 +267,8 @@ class _Loop:
             nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
         self.sched.step()
+        if self.average is not None:
+            self.average.update_parameters(self.model)
         self.ema = value if self.ema is None else 0.98 * self.ema + 0.02 * value
 
     def save(self, path: Path, step: int) -> None:
@@ -214,6 +288,7 @@ class _Loop:
                 "order": self.order,
                 "cursor": self.cursor,
                 "ema": self.ema,
+                **({"average": self.average.state_dict()} if self.average is not None else {}),
                 "history": [list(h) for h in self.history],
                 "seconds": self.seconds(),
             },
@@ -228,6 +303,8 @@ class _Loop:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
+        if self.average is not None:
+            self.average.load_state_dict(st["average"])
         self.g.set_state(st["generator"])
         self.order, self.cursor, self.first = st["order"], st["cursor"], st["step"]
         self.ema, self.seconds_before = st["ema"], st["seconds"]
