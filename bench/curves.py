@@ -39,7 +39,10 @@ def axis(method: str) -> str:
 
 
 def steps(cfg: BenchConfig, method: str) -> tuple[int, ...]:
-    """The training steps at which ``method``'s curve is scored (none: no curve)."""
+    """The training steps at which ``method``'s curve is scored (none: no curve, as for a
+    sampler that needs no trained model)."""
+    if not methods.get(method).needs:
+        return ()
     return snapshot_steps(kind(axis(method)).train_of(cfg))
 
 

@@ -21,6 +21,7 @@ FIGURES = {  # what write_figures draws into the run folder: alt text in report.
     "speedup_vs_batch.png": "speedup against batch size",
     "quality_vs_time.png": "quality against time per image",
 }
+CURVES = "curves.png"  # drawn beside them when the run scored curves (curves.csv)
 
 
 def write_figures(run: Run | Path, missing_only: bool = False) -> list[Path]:
@@ -42,6 +43,10 @@ def write_figures(run: Run | Path, missing_only: bool = False) -> list[Path]:
         if not (missing_only and path.is_file()):
             draw[name](path)
         paths.append(path)
+    curves = read_curves(run.dir)
+    if curves is not None and not (missing_only and (run.dir / CURVES).is_file()):
+        real = run.results.loc[run.results.method == "anchor: held-out real", "fid_domain"]
+        paths.append(curves_figure(*curves, real.mean() if len(real) else None, run.dir / CURVES))
     return paths
 
 
@@ -91,3 +96,79 @@ def quality_vs_time(sweep: pd.DataFrame, table: pd.DataFrame, path: Path) -> Pat
     ax.set_xlabel("wall time per image (ms, log)")
     ax.set_ylabel("FID (domain features)")
     return _save(fig, ax, path)
+
+
+def read_curves(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The run's curve points (curves.csv) and its models' loss histories (curve_loss.csv, with
+    each row's replicate), or None for a run that scored no curves."""
+    from bench.curves import FILE, LOSS_FILE
+
+    if not (run_dir / FILE).is_file():
+        return None
+    points = pd.read_csv(run_dir / FILE)
+    loss = pd.read_csv(run_dir / LOSS_FILE) if (run_dir / LOSS_FILE).is_file() else pd.DataFrame()
+    if len(loss) and "replicate" not in loss:
+        replicate = points.drop_duplicates("key").set_index("key")["replicate"]
+        loss = loss.assign(replicate=loss["key"].map(replicate))
+    return points, loss
+
+
+AXES = (  # curves.png's x-axes: column, label, scale
+    ("train_steps", "training steps (BiFlow: its flow's and its own)", 1.0),
+    ("train_s", "training wall time (min)", 1 / 60),
+    ("train_flops", "training FLOPs (forward + backward)", 1.0),
+)
+
+
+def curves_figure(points: pd.DataFrame, loss: pd.DataFrame, real: float | None, path: Path) -> Path:
+    """FID (domain) against training steps, wall time and FLOPs, one line per sampler and
+    weights (moving average solid, raw dashed), mean over replicates; and the training loss of
+    each model against its own steps."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=110)
+    mean = points.groupby(["method", "weights", "step"], sort=False).mean(numeric_only=True)
+    colours = {}
+    for ax, (col, name, scale) in zip(axes.flat, AXES, strict=False):
+        for (method, weights), g in mean.groupby(level=["method", "weights"], sort=False):
+            colour = colours.setdefault(method, f"C{len(colours)}")
+            style = "--" if weights == "raw" else "-"
+            ax.plot(
+                g[col] * scale,
+                g["fid_domain"],
+                style,
+                marker="o",
+                ms=3,
+                color=colour,
+                label=f"{label(method)} ({weights})",
+            )
+        if real is not None:
+            ax.axhline(real, color="grey", lw=0.8, ls=":", label="held-out real (floor)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel("FID (domain features)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    _loss_panel(axes[1, 1], loss)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _loss_panel(ax: plt.Axes, loss: pd.DataFrame) -> None:
+    """Each model's training loss against its own steps, mean over replicates; the second
+    model (BiFlow's G, a distance) on the right-hand axis, the flow's (an NLL) on the left."""
+    ax.set_xlabel("training steps of the model itself")
+    ax.set_title("training loss (mean over replicates)", fontsize=9)
+    if loss.empty:
+        return
+    runs = loss.drop_duplicates(["model", "replicate", "step"])
+    axis = ax
+    for i, (model, g) in enumerate(runs.groupby("model", sort=False)):
+        if i:
+            axis = ax.twinx()
+        g = g.groupby("step")["loss"].mean()
+        axis.plot(g.index, g.values, color=f"C{i + 3}", lw=0.8, label=model)
+        axis.set_ylabel(f"{model} loss", color=f"C{i + 3}")
+    ax.set_xscale("log")
+    ax.grid(True, alpha=0.3)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from bench import curve_report
 from bench.columns import EXTRACTORS, Column, pick, view, with_intervals
 from bench.plots import FIGURES
 from bench.report_notes import decode_vs_forward, marked, method_notes, timing_warnings
@@ -304,6 +305,7 @@ def render(run: Run, links: str = "") -> str:
             *_cost(run, table, samplers),
             *_sweep(run, links),
             *_likelihood(run),
+            *curve_report.section(run, links),
             *_samples(samplers, links),
             *_models_stages_config(run),
         ]

@@ -121,25 +121,10 @@ def train(
     if state_path is not None and state_path.exists():
         loop.resume(state_path)
     model.train()
-    net = model
-    if dist.world() > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    net = _distributed(model, device)
     share = dist.local_slice(cfg.batch_size)  # the whole batch in a single process
     last_saved = loop.resumed_from
-    bar = tqdm(
-        range(loop.first, cfg.steps),
-        desc=desc,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=1.0,
-        disable=not dist.is_main(),
-        initial=loop.first,
-        total=cfg.steps,
-    )
+    bar = _progress(loop.first, cfg.steps, desc)
     for step in bar:
         x, eps, lab = loop.batch(data, labels, share, device)
         loss = loss_fn(net, x, eps, lab)
@@ -168,6 +153,31 @@ def train(
         **loop.meta(cfg.steps),
         **({"resumed_from_step": loop.resumed_from} if loop.resumed_from is not None else {}),
     }
+
+
+def _distributed(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun, as it is otherwise."""
+    if dist.world() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def _progress(first: int, steps: int, desc: str) -> tqdm:
+    """The progress bar over steps ``first`` .. ``steps`` - 1 (rank 0 only)."""
+    return tqdm(
+        range(first, steps),
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=not dist.is_main(),
+        initial=first,
+        total=steps,
+    )
 
 
 def snapshot_steps(cfg: TrainConfig) -> tuple[int, ...]:
