@@ -24,7 +24,6 @@ def section(run: Run, links: str = "") -> list[str]:
     if curves is None:
         return []
     points = curves[0]
-    ema = sorted(set(points["ema_decay"]))
     sampled = points[points.weights != "raw"]
     return [
         "## Quality along training",
@@ -32,13 +31,8 @@ def section(run: Run, links: str = "") -> list[str]:
         "Each sampler scored with the weights its training saved at chosen steps, on the seeds "
         "of the main table (its last point is the main table's row). BiFlow's training steps, "
         "seconds and FLOPs include its flow's full training before its own. Weights sampled: "
-        + (
-            f"a moving average with decay {', '.join(map(str, ema))} (solid), the raw weights "
-            "dashed (domain extractor only). "
-            if any(ema)
-            else "the last ones (no moving average). "
-        )
-        + "Wall time is this machine's, inflated by anything else it ran; steps and FLOPs are "
+        + _weights(points)
+        + " Wall time is this machine's, inflated by anything else it ran; steps and FLOPs are "
         "not. Means over "
         f"{points.replicate.nunique()} replicate(s).",
         "",
@@ -64,6 +58,17 @@ def _spread(values: pd.Series, fmt: str = "{:.2f}") -> str:
     """Mean, and ``± half the range`` over replicates when there are several."""
     text = fmt.format(values.mean())
     return text + (f" ± {fmt.format((values.max() - values.min()) / 2)}" if len(values) > 1 else "")
+
+
+def _weights(points: pd.DataFrame) -> str:
+    """Which weights each sampler's curve samples: a moving average (and its decay) or the last."""
+    decay = points.drop_duplicates("method").set_index("method")["ema_decay"]
+    said = "; ".join(
+        f"{label(m)}: " + (f"a moving average with decay {d:g}" if d else "the last ones")
+        for m, d in decay.items()
+    )
+    raw = " (solid in the figure; the raw weights dashed, domain extractor only)."
+    return said + (raw if decay.any() else ".")
 
 
 def _steps_table(points: pd.DataFrame) -> str:
@@ -142,7 +147,8 @@ def _gap(sampled: pd.DataFrame) -> list[str]:
         first, last = by_step.mean().iloc[0], by_step.mean().iloc[-1]
         s0, s1 = by_step.mean().index[0], by_step.mean().index[-1]
         spread = max(by_step.max().iloc[[0, -1]] - by_step.min().iloc[[0, -1]])
-        if ratio.groupby(level="step").size().iloc[[0, -1]].min() < 2:
+        seeded = by_step.size().iloc[[0, -1]].min() >= 2
+        if not seeded:
             verdict = "cannot be told from one seed (no spread to read the change against)"
         elif last < first - spread:
             verdict = "closes"
@@ -154,8 +160,9 @@ def _gap(sampled: pd.DataFrame) -> list[str]:
         end = final.groupby("method").fid_domain.mean()
         lines += [
             f"- Against {label(flow)}: BiFlow's FID is {first:.2f}x its FID at step {s0} of each "
-            f"one's own training and {last:.2f}x at step {s1} (largest spread between seeds at "
-            f"either end: {spread:.2f}): the gap **{verdict}**. Last point against last point: "
+            f"one's own training and {last:.2f}x at step {s1}"
+            + (f" (largest spread between seeds at either end: {spread:.2f})" if seeded else "")
+            + f": the gap **{verdict}**. Last point against last point: "
             f"{end[REVERSE] / end[flow]:.2f}x.",
         ]
     return [*lines, ""]

@@ -71,7 +71,8 @@ def test_every_sampler_is_scored_at_every_saved_step_and_the_last_is_the_main_ro
     g_loss = loss[(loss.key == "biflow") & (loss.model.str.contains("G"))]
     assert g_loss.train_steps.min() == F_STEPS and g_loss.step.max() == G_STEPS - 1
     report = (first / "a" / "report.md").read_text()
-    assert "## Quality along training" in report and "decay 0.9" in report
+    assert "## Quality along training" in report
+    assert "a moving average with decay 0.9" in report and ": the last ones" in report
     assert (first / "a" / "curves.png").is_file()
 
 
