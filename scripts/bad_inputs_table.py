@@ -51,6 +51,7 @@ import tests.bench.test_bad_files as tf  # noqa: E402
 import tests.bench.test_cli as tcli  # noqa: E402
 import tests.bench.test_compare as tcmp  # noqa: E402
 import tests.bench.test_no_code_runs as tn  # noqa: E402
+import tests.bench.test_refstats as trs  # noqa: E402
 import tests.bench.test_rundir as tr  # noqa: E402
 from bench import cli, rundir  # noqa: E402
 from methods import native  # noqa: E402
@@ -67,6 +68,7 @@ GROUPS = [
     "checkpoints, weights, statistics and kernel caches",
     "commands' output",
     "scripts",
+    "bench sample and bench refstats",
 ]
 
 
@@ -1173,9 +1175,45 @@ def section(cases: list[Case]) -> str:
     return "\n".join(head + body) + END
 
 
+def export_cases() -> list[Case]:
+    """``bench refstats``'s argument table and ``bench sample`` of a model never trained, run
+    from the checkout (their tests name ``bench.yaml`` relative to it)."""
+    group = GROUPS[9]
+
+    def in_repo(tmp: Path, args: list[str]) -> Outcome:
+        os.chdir(ROOT)  # run_case goes back to where it was
+        return main_cli(*[a.replace("x.npz", str(tmp / "x.npz")) for a in args])
+
+    out = [
+        Case(
+            group,
+            code(" ".join(["bench", "refstats", *argv])),
+            lambda tmp, a=argv: in_repo(tmp, ["refstats", *a]),
+            (says,),
+            "test_refstats",
+        )
+        for argv, says in params(trs.test_bench_refstats_refuses_bad_arguments_in_one_line)
+    ]
+    sample = ["sample", "smoke.yaml", "--method", "tarflow", "--out", "s.npz"]
+    out.append(
+        Case(
+            group,
+            code(" ".join(["bench", *sample, "--set", "cache_dir=TMP/empty"])),
+            lambda tmp: main_cli(
+                *[SMOKE if a == "smoke.yaml" else a for a in sample],
+                "--set",
+                f"cache_dir={tmp / 'empty'}",
+            ),
+            ("never trains",),
+            "test_export",
+        )
+    )
+    return out
+
+
 def collect() -> list[Case]:
     cases = config_cases() + cli_cases() + image_cases() + results_cases() + folder_cases()
-    cases += rundir_cases() + output_cases() + [kernel_case()]
+    cases += rundir_cases() + output_cases() + [kernel_case()] + export_cases()
     return cases + checkpoint_cases() + library_cases()
 
 
