@@ -81,10 +81,14 @@ def _steps_table(points: pd.DataFrame) -> str:
     return wide.reset_index().to_markdown(index=False)
 
 
+def _last(points: pd.DataFrame) -> pd.DataFrame:
+    """Each sampler's rows at its last saved step (the main table's weights)."""
+    return points[points.step == points.groupby("method").step.transform("max")]
+
+
 def _final_table(points: pd.DataFrame) -> str:
-    last = points[points.step == points.groupby("method").step.transform("max")]
     rows = []
-    for (method, weights), g in last.groupby(["method", "weights"], sort=False):
+    for (method, weights), g in _last(points).groupby(["method", "weights"], sort=False):
         row = {
             "sampler": label(method),
             "weights": weights,
@@ -144,8 +148,8 @@ def _gap(sampled: pd.DataFrame) -> list[str]:
         if ratio.empty:
             continue
         by_step = ratio.groupby(level="step")
-        first, last = by_step.mean().iloc[0], by_step.mean().iloc[-1]
-        s0, s1 = by_step.mean().index[0], by_step.mean().index[-1]
+        means = by_step.mean()
+        (s0, s1), (first, last) = means.index[[0, -1]], means.iloc[[0, -1]]
         spread = max(by_step.max().iloc[[0, -1]] - by_step.min().iloc[[0, -1]])
         seeded = by_step.size().iloc[[0, -1]].min() >= 2
         if not seeded:
@@ -156,8 +160,7 @@ def _gap(sampled: pd.DataFrame) -> list[str]:
             verdict = "widens"
         else:
             verdict = "stays (the change is within the spread between seeds)"
-        final = sampled[sampled.step == sampled.groupby("method").step.transform("max")]
-        end = final.groupby("method").fid_domain.mean()
+        end = _last(sampled).groupby("method").fid_domain.mean()
         lines += [
             f"- Against {label(flow)}: BiFlow's FID is {first:.2f}x its FID at step {s0} of each "
             f"one's own training and {last:.2f}x at step {s1}"
